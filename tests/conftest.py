@@ -17,7 +17,7 @@ SHARED_DATA = os.path.normpath(os.path.join(SHARED, "data"))
 
 @pytest.fixture
 def shared_data():
-  """Path to ../shared/data; skips the test when it is absent."""
-  if not os.path.isdir(SHARED_DATA):
-    pytest.skip("../shared/data is not present")
-  return SHARED_DATA
+    """Path to ../shared/data; skips the test when it is absent."""
+    if not os.path.isdir(SHARED_DATA):
+      pytest.skip("../shared/data is not present")
+    return SHARED_DATA
