@@ -19,5 +19,5 @@ SHARED_DATA = os.path.normpath(os.path.join(SHARED, "data"))
 def shared_data():
     """Path to ../shared/data; skips the test when it is absent."""
     if not os.path.isdir(SHARED_DATA):
-      pytest.skip("../shared/data is not present")
+        pytest.skip("../shared/data is not present")
     return SHARED_DATA
