@@ -1,0 +1,82 @@
+"""The whole sine_jax config schema, with the paper's defaults (Tan et al., WSDM 2021).
+
+Every dataset config starts from `get_config()` and overrides a few fields. Any field can
+be overridden on the command line, e.g.
+
+  python -m sine_jax.main --config=configs/movielens.py --workdir=runs/ml1m \
+      --config.data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat \
+      --config.model.num_interests=8
+
+Symbols are the paper's: D, n, K, L, lambda, tau. "reference code" is the authors'
+TensorFlow code (Qiaoyut/SINE).
+"""
+
+from ml_collections import config_dict
+
+
+def get_config() -> config_dict.ConfigDict:
+    config = config_dict.ConfigDict()
+
+    config.data = data = config_dict.ConfigDict()
+    data.format = "synthetic"  # synthetic | movielens | interactions | sequences (amazon, taobao, csv: later)
+    data.path = ""  # the interactions file (ratings.dat, u.data, ratings.csv, SASRec/S3-Rec text)
+    data.on_bad_row = "error"  # error: stop at the first bad row (path:line: reason); skip: count and drop
+    data.min_user_interactions = 3  # users with fewer are dropped (leave-one-out needs >= 3)
+    data.min_item_interactions = 1  # items with fewer are dropped (one pass, before the user filter)
+    data.cache_dir = ""  # preprocessed CSR arrays; "" = WORKDIR/cache
+    data.synthetic = config_dict.ConfigDict()
+    data.synthetic.num_users = 2000  # planted multi-interest data: users
+    data.synthetic.num_items = 1000  # items (raw ids 1..M)
+    data.synthetic.num_categories = 20  # planted categories
+    data.synthetic.seed = 0  # generator seed
+
+    config.model = model = config_dict.ConfigDict()
+    model.name = "sine"  # the model; baselines come with the baselines issue
+    model.embed_dim = 128  # D
+    model.num_interests = 4  # K, interests activated per user
+    model.num_prototypes = 50  # L, concept prototypes in the pool ("topic_num" in the reference code)
+    model.max_seq_len = 20  # n, history length (most recent n items)
+    model.temperature = 0.1  # tau of eq 7
+    model.preset = "paper"  # paper | official: default for every switch below left at None
+    # Ambiguity switches (DESIGN.md section 4); None takes the preset's value.
+    model.attention_hidden = config_dict.placeholder(int)  # hidden width of eqs 1 and 4 (0 = D; official 512)
+    model.assignment = config_dict.placeholder(str)  # eq 3: layernorm | cosine (official: cos/0.07, no W3)
+    model.interest_attention = config_dict.placeholder(str)  # eq 4: per_interest | shared_gated
+    model.interest_layernorm = config_dict.placeholder(bool)  # eq 5: LN3 on phi_k (official: no)
+    model.aggregation_attention = config_dict.placeholder(str)  # eq 6: shared_w3 | own | own_plus_items
+    model.aggregation = config_dict.placeholder(str)  # eqs 7-8: temperature | dense_concat
+    model.positional_in_concept_attention = config_dict.placeholder(bool)  # eq 1 input + pos-emb
+
+    config.loss = loss = config_dict.ConfigDict()
+    loss.name = "sampled_softmax"  # sampled_softmax (eq 9 with sampling) | full_softmax
+    loss.negatives_per_example = 5  # S = this x batch size shared negatives (5 MovieLens, 10 others)
+    loss.logq_correction = True  # subtract log(S q(i)) from every logit
+    loss.remove_accidental_hits = True  # mask sampled ids equal to the example's target
+    loss.cov_weight = config_dict.placeholder(float)  # lambda of eq 11; None: 0.5 (paper), 0 (official)
+
+    config.train = train = config_dict.ConfigDict()
+    train.batch_size = 128  # global batch size (divisible by the mesh's data axis)
+    train.num_epochs = 20  # passes over all training examples (upper bound with early stopping)
+    train.seed = 0  # model init, negatives and data order
+    train.learning_rate = 1e-3  # Adam
+    train.warmup_steps = 0  # linear warm-up from 0 to the learning rate
+    train.lr_decay = "constant"  # constant | cosine (to 0 at the last step)
+    train.grad_clip_norm = 0.0  # global-norm gradient clipping; 0 = off
+    train.patience = 5  # evaluations without improvement before early stopping; 0 = never stop
+    train.log_every_steps = 100  # progress line and TensorBoard scalars
+
+    config.eval = eval_ = config_dict.ConfigDict()
+    eval_.every_steps = 1000  # periodic validation (0 = once per epoch)
+    eval_.metric = "HR@10"  # validation metric for early stopping and the best checkpoint
+    eval_.mask_history = True  # exclude the user's history items from the ranking (the paper)
+    eval_.ks = (10, 50, 100)  # cut-offs N of HR@N and NDCG@N
+    eval_.batch_size = 256  # users scored at once
+    eval_.item_chunk_size = 65536  # items scored at once (no [users x items] matrix)
+
+    config.checkpoint = ckpt = config_dict.ConfigDict()
+    ckpt.every_steps = 1000  # periodic checkpoints (evaluations also checkpoint)
+    ckpt.keep = 2  # most recent checkpoints kept; the best one is always kept too
+
+    config.mesh = mesh = config_dict.ConfigDict()
+    mesh.data = -1  # devices on the 'data' axis; -1 = all
+    return config
