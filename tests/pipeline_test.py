@@ -1,0 +1,174 @@
+"""Tests for sine_jax.data.pipeline: epoch coverage, histories, determinism, resume, eval."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from sine_jax.data import dataset
+from sine_jax.data import pipeline
+from sine_jax.data import readers
+from sine_jax.errors import DataError
+
+# Every item is unique, so a target names its (user, position). Training examples per user:
+# len - 3 -> 0 1 4 2 9 27 0 3 2 = 48.
+LENGTHS = (3, 4, 7, 5, 12, 30, 3, 6, 5)
+NUM_EXAMPLES = 48
+N = 4  # history length: shorter than some training sequences, longer than others
+
+
+@pytest.fixture(scope="module")
+def data():
+    users = np.repeat(np.arange(1, len(LENGTHS) + 1), LENGTHS)
+    items = np.arange(100, 100 + len(users))
+    return dataset.preprocess(readers.Interactions(
+        users=users, items=items, timestamps=np.arange(len(users)), path="unique"), None)
+
+
+def _enumeration(data, n):
+    """{target: (user, position, expected left-padded history)} for every training example."""
+    examples = {}
+    for u in range(data.num_users):
+        sequence = data.train_sequence(u)
+        for t in range(1, len(sequence)):
+            history = sequence[max(0, t - n):t]
+            padded = np.concatenate([np.zeros(n - len(history), np.int32), history])
+            examples[int(sequence[t])] = (u, t, padded)
+    return examples
+
+
+def _targets(iterator, num_batches):
+    return np.concatenate([next(iterator)["target"] for _ in range(num_batches)])
+
+
+def test_num_train_examples(data):
+    assert pipeline.num_train_examples(data) == NUM_EXAMPLES == len(_enumeration(data, N))
+
+
+def test_each_example_once_per_epoch(data):
+    examples = _enumeration(data, N)
+    iterator = iter(pipeline.make_train_dataset(data, max_seq_len=N, batch_size=8, seed=3))
+    epochs = [_targets(iterator, NUM_EXAMPLES // 8) for _ in range(3)]
+    for targets in epochs:
+        pairs = [examples[int(t)][:2] for t in targets]
+        assert len(set(pairs)) == NUM_EXAMPLES
+        assert set(pairs) == {v[:2] for v in examples.values()}
+    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled each epoch
+
+
+def test_batches_straddle_epochs_without_dropping(data):
+    # 48 examples, B = 10: the stream carries the remainder into the next batch.
+    iterator = iter(pipeline.make_train_dataset(data, max_seq_len=N, batch_size=10, seed=0))
+    stream = _targets(iterator, 10)
+    assert len(set(stream[:40].tolist())) == 40
+    for epoch in range(2):
+        assert sorted(stream[48 * epoch:48 * (epoch + 1)]) == sorted(_enumeration(data, N))
+
+
+def test_histories_static_shapes_and_content(data):
+    examples = _enumeration(data, N)
+    iterator = iter(pipeline.make_train_dataset(data, max_seq_len=N, batch_size=8, seed=1))
+    for _ in range(2 * NUM_EXAMPLES // 8):
+        batch = next(iterator)
+        assert set(batch) == {"history", "target"}
+        assert batch["history"].shape == (8, N) and batch["history"].dtype == np.int32
+        assert batch["target"].shape == (8,) and batch["target"].dtype == np.int32
+        for history, target in zip(batch["history"], batch["target"]):
+            np.testing.assert_array_equal(history, examples[int(target)][2])
+
+
+def test_seeded_determinism(data):
+    def first_batches(seed):
+        iterator = iter(pipeline.make_train_dataset(data, max_seq_len=N, batch_size=8,
+                                                    seed=seed))
+        return [next(iterator) for _ in range(8)]
+
+    a, b, c = first_batches(5), first_batches(5), first_batches(6)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["history"], y["history"])
+        np.testing.assert_array_equal(x["target"], y["target"])
+    assert not all(np.array_equal(x["target"], y["target"]) for x, y in zip(a, c))
+
+
+@pytest.mark.parametrize("consumed", [0, 3, 5, 13])
+def test_get_state_set_state_resumes_exactly(data, consumed):
+    ds = pipeline.make_train_dataset(data, max_seq_len=N, batch_size=8, seed=2)
+    iterator = iter(ds)
+    for _ in range(consumed):
+        next(iterator)
+    state = iterator.get_state()
+    expected = [next(iterator) for _ in range(8)]  # crosses an epoch boundary (6 per epoch)
+    for _ in range(4):
+        next(iterator)
+    iterator.set_state(state)
+    fresh = iter(ds)
+    fresh.set_state(state)
+    for it in (iterator, fresh):
+        for want in expected:
+            got = next(it)
+            np.testing.assert_array_equal(got["history"], want["history"])
+            np.testing.assert_array_equal(got["target"], want["target"])
+
+
+@pytest.mark.parametrize("split", pipeline.SPLITS)
+def test_eval_arrays(data, split):
+    arrays = pipeline.eval_arrays(data, split, max_seq_len=N)
+    lengths = np.array(LENGTHS)
+    input_lengths = lengths - (2 if split == "valid" else 1)
+    num_users = len(LENGTHS)
+    assert arrays["history"].shape == (num_users, N)
+    assert arrays["target"].shape == (num_users,)
+    assert arrays["exclude"].shape == (num_users, input_lengths.max())
+    assert all(a.dtype == np.int32 for a in arrays.values())
+    for u in range(num_users):
+        sequence = data.items[data.offsets[u]:data.offsets[u + 1]]
+        inputs = sequence[:input_lengths[u]]
+        target = data.valid_target(u) if split == "valid" else data.test_target(u)
+        assert arrays["target"][u] == target == sequence[input_lengths[u]]
+        last = inputs[-N:]
+        np.testing.assert_array_equal(arrays["history"][u, N - len(last):], last)
+        assert np.all(arrays["history"][u, :N - len(last)] == 0)
+        exclude = arrays["exclude"][u]
+        np.testing.assert_array_equal(exclude[:len(inputs)], inputs)  # the full input
+        assert np.all(exclude[len(inputs):] == 0)
+        assert target not in exclude
+
+
+def test_argument_errors(data):
+    with pytest.raises(ValueError, match="split='train'"):
+        pipeline.eval_arrays(data, "train", max_seq_len=N)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        pipeline.eval_arrays(data, "valid", max_seq_len=0)
+    with pytest.raises(ValueError, match="batch_size >= 1"):
+        pipeline.make_train_dataset(data, max_seq_len=N, batch_size=0, seed=0)
+
+
+def test_no_training_examples():
+    users = np.repeat([1, 2], 3)
+    short = dataset.preprocess(readers.Interactions(
+        users=users, items=np.arange(6), timestamps=np.arange(6), path="x"), None)
+    assert pipeline.num_train_examples(short) == 0
+    with pytest.raises(DataError, match="x: no training examples"):
+        pipeline.make_train_dataset(short, max_seq_len=N, batch_size=2, seed=0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 48, 1000, 4097, 65_537])
+def test_permute_is_a_bijection(n):
+    index = np.arange(n)
+    perms = [pipeline.permute(index, n, seed, epoch)
+             for seed, epoch in itertools.product((0, 9), (0, 1))]
+    for perm in perms:
+        np.testing.assert_array_equal(np.sort(perm), index)
+    if n >= 48:
+        assert len({p.tobytes() for p in perms}) == 4
+        assert abs(np.corrcoef(index, perms[0])[0, 1]) < 0.3
+
+
+def test_synthetic_batches(tmp_path):
+    data = dataset.load_dataset({"format": "synthetic", "synthetic": {"num_users": 200}}, None)
+    iterator = iter(pipeline.make_train_dataset(data, max_seq_len=20, batch_size=128, seed=0))
+    for _ in range(5):
+        batch = next(iterator)
+        assert batch["history"].shape == (128, 20)
+        assert np.all(batch["history"][:, -1] > 0)  # position t >= 1: never an empty history
+        assert np.all((batch["target"] >= 1) & (batch["target"] <= data.num_items))
