@@ -7,8 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sine_jax.data import dataset
-from sine_jax.data import readers
+from sine_jax.data import dataset, readers
 from sine_jax.errors import ConfigError, DataError, SineError
 
 # user::item::rating::timestamp. User 5 has 2 events (dropped); user 10 has a timestamp tie
@@ -38,10 +37,10 @@ MOVIES = "100::A (1990)::Drama|Comedy\n300::B (1991)::Comedy\n800::C (1992)::\n"
 
 
 def _config(path, **overrides):
-    config = ml_collections.ConfigDict(dict(
-        format="movielens", path=str(path), on_bad_row="error", min_user_interactions=3,
-        min_item_interactions=1, cache_dir="",
-        synthetic=dict(num_users=2000, num_items=1000, num_categories=20, seed=0)))
+    config = ml_collections.ConfigDict({
+        "format": "movielens", "path": str(path), "on_bad_row": "error", "min_user_interactions": 3,
+        "min_item_interactions": 1, "cache_dir": "",
+        "synthetic": {"num_users": 2000, "num_items": 1000, "num_categories": 20, "seed": 0}})
     config.update(overrides)
     return config
 
@@ -150,13 +149,13 @@ def test_synthetic(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,error,message", [
-    (dict(format="parquet"), ConfigError, r"data.format='parquet' is not allowed; allowed: "
-                                          r"synthetic, movielens, interactions, sequences"),
-    (dict(format="amazon"), SineError, "the amazon reader is not implemented yet"),
-    (dict(path=""), ConfigError, "data.path is empty"),
-    (dict(on_bad_row="warn"), ConfigError, "data.on_bad_row='warn'"),
-    (dict(min_user_interactions=-1), ConfigError, "data.min_user_interactions=-1"),
-    (dict(format="synthetic", synthetic=dict(num_user=5)), ConfigError,
+    ({"format": "parquet"}, ConfigError, (r"data.format='parquet' is not allowed; allowed: "
+                                          r"synthetic, movielens, interactions, sequences")),
+    ({"format": "amazon"}, SineError, "the amazon reader is not implemented yet"),
+    ({"path": ""}, ConfigError, "data.path is empty"),
+    ({"on_bad_row": "warn"}, ConfigError, "data.on_bad_row='warn'"),
+    ({"min_user_interactions": -1}, ConfigError, "data.min_user_interactions=-1"),
+    ({"format": "synthetic", "synthetic": {"num_user": 5}}, ConfigError,
      "data.synthetic.num_user is not a generator argument"),
 ])
 def test_config_errors(ratings, overrides, error, message):

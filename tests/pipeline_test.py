@@ -5,9 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from sine_jax.data import dataset
-from sine_jax.data import pipeline
-from sine_jax.data import readers
+from sine_jax.data import dataset, pipeline, readers
 from sine_jax.errors import DataError
 
 # Every item is unique, so a target names its (user, position). Training examples per user:

@@ -1,5 +1,7 @@
 """Tests for sine_jax.data.synthetic: shape of the log and planted, learnable structure."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -56,7 +58,7 @@ def test_users_mix_two_to_four_categories_and_switch(log):
     for sequence in _sequences(interactions)[:200]:
         categories = [metadata.genres[int(i)][0] for i in sequence]
         assert 2 <= len(set(categories)) <= 4
-        switches = sum(a != b for a, b in zip(categories, categories[1:]))
+        switches = sum(a != b for a, b in itertools.pairwise(categories))
         assert switches >= 1
         assert len(set(sequence.tolist())) >= len(sequence) - 1
 
@@ -88,12 +90,12 @@ def test_popularity_is_weak_and_transitions_are_learnable(log):
 
 
 @pytest.mark.parametrize("kwargs,field", [
-    (dict(num_categories=1), "num_categories"),
-    (dict(num_items=30), "num_items"),
-    (dict(min_length=2), "min_length"),
-    (dict(max_length=10), "max_length"),
-    (dict(max_categories_per_user=25), "max_categories_per_user"),
-    (dict(jump_prob=1.5), "jump_prob"),
+    ({"num_categories": 1}, "num_categories"),
+    ({"num_items": 30}, "num_items"),
+    ({"min_length": 2}, "min_length"),
+    ({"max_length": 10}, "max_length"),
+    ({"max_categories_per_user": 25}, "max_categories_per_user"),
+    ({"jump_prob": 1.5}, "jump_prob"),
 ])
 def test_bad_arguments(kwargs, field):
     with pytest.raises(ConfigError, match=f"data.synthetic.{field}="):

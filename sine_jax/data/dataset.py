@@ -26,12 +26,11 @@ import json
 import os
 import tempfile
 
-from absl import logging
 import numpy as np
+from absl import logging
 
 from sine_jax.data import metadata as metadata_lib
-from sine_jax.data import readers
-from sine_jax.data import synthetic
+from sine_jax.data import readers, synthetic
 from sine_jax.errors import ConfigError, DataError, SineError
 
 FORMATS = ("synthetic",) + readers.FORMATS
@@ -166,7 +165,7 @@ def preprocess(interactions: readers.Interactions, metadata: metadata_lib.ItemMe
     users, items, timestamps = users[keep], items[keep], timestamps[keep]
 
     min_user = max(min_user_interactions, MIN_INTERACTIONS)
-    raw_user_ids, user_index, counts = np.unique(users, return_inverse=True, return_counts=True)
+    _, user_index, counts = np.unique(users, return_inverse=True, return_counts=True)
     keep = counts[user_index] >= min_user
     dropped["users_below_min_user_interactions"] = int(np.sum(counts < min_user))
     dropped["interactions_of_those_users"] = int(np.sum(~keep))
@@ -231,10 +230,10 @@ def format_summary(data: SequenceData) -> str:
     s = data.summary
     lengths = s["sequence_length"]
     lines = [
-        f"Dataset {s['source']}: {s['users']:,} users, {s['items']:,} items, "
-        f"{s['interactions']:,} interactions",
-        f"  sequence length min/median/mean/max: {lengths['min']} / {lengths['median']:g} / "
-        f"{lengths['mean']:.1f} / {lengths['max']}",
+        (f"Dataset {s['source']}: {s['users']:,} users, {s['items']:,} items, "
+         f"{s['interactions']:,} interactions"),
+        (f"  sequence length min/median/mean/max: {lengths['min']} / {lengths['median']:g} / "
+         f"{lengths['mean']:.1f} / {lengths['max']}"),
         "  dropped: " + ", ".join(f"{k}={v:,}" for k, v in s["dropped"].items()),
         f"  bad rows skipped: {s['bad_rows']:,}"
         + (f" (first at lines {s['bad_row_lines']})" if s["bad_rows"] else ""),
@@ -324,7 +323,7 @@ def _load_cache(npz_path: str, json_path: str, key_material: dict) -> SequenceDa
             item_titles=None if titles is None else tuple(titles), summary=sidecar["summary"])
         _check_consistent(data)
         return data
-    except Exception as e:  # pylint: disable=broad-except  # any damage means: rebuild
+    except Exception as e:  # noqa: BLE001  (any damage means: rebuild)
         logging.warning("Cache %s is unreadable (%s: %s); rebuilding", npz_path,
                         type(e).__name__, e)
         return None

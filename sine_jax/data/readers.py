@@ -18,9 +18,9 @@ Blank lines are ignored.
 import dataclasses
 import os
 
-from absl import logging
 import numpy as np
 import polars as pl
+from absl import logging
 
 from sine_jax.errors import ConfigError, DataError
 
