@@ -47,7 +47,7 @@ def test_u_item_without_u_genre_uses_standard_names(tmp_path):
 
 
 def test_movies_csv_quoted_utf8(tmp_path):
-    _write(tmp_path, "movies.csv", 'movieId,title,genres\n1,"City, The (Cité) (1995)",A|B\n'
+    _write(tmp_path, "movies.csv", '\ufeffmovieId,title,genres\n1,"City, The (Cité) (1995)",A|B\n'
                                    "2,Plain (2001),(no genres listed)\n", encoding="utf-8")
     got = metadata.read_item_metadata(str(tmp_path / "ratings.csv"))
     assert got.titles == {1: "City, The (Cité) (1995)", 2: "Plain (2001)"}

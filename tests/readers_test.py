@@ -36,6 +36,13 @@ def test_movielens_variants(tmp_path, name, text):
     assert got.path.endswith(name)
 
 
+def test_utf8_byte_order_mark(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_bytes(b"\xef\xbb\xbfuserId,movieId,rating,timestamp\n1,10,5.0,100\n")
+    got = readers.read_interactions(str(path), "movielens")
+    np.testing.assert_array_equal(got.items, [10])
+
+
 def test_csv_header_columns_by_name(tmp_path):
     got = _read(tmp_path, "r.csv", "timestamp,movieId,userId\n100,10,1\n7,11,2\n")
     np.testing.assert_array_equal(got.users, [1, 2])

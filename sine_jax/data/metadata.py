@@ -105,7 +105,7 @@ def _read_movies_dat(path: str) -> ItemMetadata:
 
 
 def _read_movies_csv(path: str) -> ItemMetadata:
-    rows = csv.reader(_lines(path, "utf-8"))  # rows.line_num = the file line number
+    rows = csv.reader(_lines(path, "utf-8-sig"))  # rows.line_num = the file line number
     try:
         header = next(rows)
     except StopIteration:

@@ -12,9 +12,10 @@ Formats without timestamps get the row order 0..N-1 as time.
 Parsing is vectorised with polars. A bad row (wrong field count, an id that is not a
 non-negative integer, a timestamp that is not an integer, a rating that is not a number) is a
 `DataError` naming `path:line` (1-based), or with `on_bad_row="skip"` is dropped and counted.
-Blank lines are ignored.
+Blank lines and a UTF-8 byte-order mark are ignored.
 """
 
+import codecs
 import dataclasses
 import os
 
@@ -116,6 +117,7 @@ def _read_lines(path: str) -> pl.DataFrame:
             raw = f.read()
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror}") from e
+    raw = raw.removeprefix(codecs.BOM_UTF8)
     text = pl.Series("text", [raw.decode("latin-1")]).str.split("\n").explode()
     lines = (pl.DataFrame({"text": text.str.strip_chars_end("\r")})
              .with_row_index("line", offset=1)
