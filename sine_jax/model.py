@@ -1,0 +1,646 @@
+"""SINE: Sparse-Interest Network (Tan et al., WSDM 2021), equations 1-8.
+
+Shape legend: B batch, n history length, L prototypes, K interests, D embedding dim,
+H attention hidden size, M items. Histories are left-padded with the padding id 0, so the
+most recent item is always at position n - 1; `mask` is `history > 0` [B, n].
+
+The math is in small pure functions (no Flax, no flags) that a notebook can import; `SINE`
+owns the parameters and composes them according to `SineOptions`. Two presets:
+
+* "paper" (default): the equations as printed.
+* "official": the choices of the authors' TensorFlow code (`Qiaoyut/SINE`, `model.py`,
+  `Model_SINE`), one switch each; see `SineOptions` for what each switch does and how the
+  spec's wording was read.
+
+Initialization (as the reference code, whose `tf.get_variable` / `tf.layers.dense` default
+to Glorot-uniform): every table and matrix (item embeddings, prototypes, positional
+embeddings, attention and dense weights) is Glorot-uniform with fan-in/fan-out taken from its
+two trailing axes (vectors such as W2 are treated as [H, 1] matrices, per-interest stacks
+[K, D, H] as K separate matrices), i.e. U(-a, a) with a = sqrt(6 / (fan_in + fan_out)); biases
+are zeros; LayerNorm gains are ones and biases zeros. Row 0 of the item table (padding) starts
+at zero; the model also zeroes padded positions of X, so that row never influences an output
+and never receives a gradient.
+"""
+
+import dataclasses
+import functools
+import itertools
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sine_jax.errors import ConfigError
+
+Norm = Callable[[jax.Array], jax.Array]
+
+# Temperature of the "cosine" intention assignment (the reference code's fixed 0.07).
+COSINE_TEMPERATURE = 0.07
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure functions.
+
+
+def masked_softmax(logits: jax.Array, mask: jax.Array, axis: int = -1) -> jax.Array:
+    """Softmax over `axis` restricted to `mask`; masked entries get probability 0.
+
+    A row whose entries are all masked returns zeros (never NaN): masked logits are replaced
+    by the dtype's most negative finite value before the softmax, and zeroed after it.
+
+    Args:
+        logits: [..., N, ...] scores.
+        mask: boolean, broadcastable to `logits`; True = valid entry.
+        axis: the axis to normalise over.
+
+    Returns:
+        Probabilities, shape of `logits`, summing to 1 over `axis` (0 for all-masked rows).
+    """
+    mask = jnp.broadcast_to(mask, logits.shape)
+    masked = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    return jnp.where(mask, jax.nn.softmax(masked, axis=axis), 0.0)
+
+
+def self_attentive_pool(
+    x: jax.Array,
+    mask: jax.Array,
+    w1: jax.Array,
+    w2: jax.Array,
+    pos: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Eq 1: a = softmax_t(tanh(X W1) W2) over valid positions; z = a^T X.
+
+    Args:
+        x: [B, n, D] item embeddings (the values).
+        mask: [B, n] boolean, True at real items.
+        w1: [D, H] hidden weights (H = D in the paper).
+        w2: [H] output weights.
+        pos: optional [n, D] positional embeddings added to the attention input only (the
+            reference code's choice); the values stay `x`.
+
+    Returns:
+        z: [B, D] pooled vector; a: [B, n] attention weights (zeros where masked).
+    """
+    keys = x if pos is None else x + pos
+    logits = jnp.tanh(keys @ w1) @ w2  # [B, n]
+    a = masked_softmax(logits, mask, axis=-1)  # [B, n]
+    z = jnp.einsum("bn,bnd->bd", a, x)
+    return z, a
+
+
+def concept_activation(
+    z: jax.Array, prototypes: jax.Array, num_interests: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Eq 2: s = C z, idx = top-K(s), C^u = C[idx] * sigmoid(s[idx]).
+
+    The selection is discrete; z (hence eq 1's W1, W2) gets gradients only through the
+    sigmoid gate.
+
+    Args:
+        z: [B, D] virtual concept vector from eq 1.
+        prototypes: [L, D] the prototype pool C.
+        num_interests: K <= L.
+
+    Returns:
+        c_u: [B, K, D] gated selected prototypes, slot k = k-th largest score.
+        idx: [B, K] int32 prototype ids in descending score order.
+        scores: [B, K] the selected raw scores s[idx] (before the sigmoid), descending.
+    """
+    s = z @ prototypes.T  # [B, L]
+    scores, idx = jax.lax.top_k(s, num_interests)  # [B, K] each, descending
+    c_u = prototypes[idx] * jax.nn.sigmoid(scores)[..., None]  # [B, K, D]
+    return c_u, idx, scores
+
+
+def intention_assignment(
+    x: jax.Array, c_u: jax.Array, w3: jax.Array, norm_x: Norm, norm_c: Norm
+) -> jax.Array:
+    """Eq 3: P(k|t) = softmax_k(LN1(X_t W3) . LN2(C^u_k)).
+
+    Args:
+        x: [B, n, D] item embeddings.
+        c_u: [B, K, D] activated prototypes from eq 2.
+        w3: [D, D].
+        norm_x: LayerNorm1 (learnable gain and bias), applied over the last axis.
+        norm_c: LayerNorm2.
+
+    Returns:
+        p_kt: [B, n, K], each position's distribution over the K selected slots.
+    """
+    logits = jnp.einsum("bnd,bkd->bnk", norm_x(x @ w3), norm_c(c_u))  # [B, n, K]
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
+    """x / ||x|| over `axis`, as `tf.nn.l2_normalize` (finite for a zero vector)."""
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps))
+
+
+def cosine_assignment(
+    x: jax.Array, c_u: jax.Array, temperature: float = COSINE_TEMPERATURE
+) -> jax.Array:
+    """Eq 3 as in the reference code: P(k|t) = softmax_k(cos(X_t, C^u_k) / temperature).
+
+    There is no W3 and no LayerNorm; the cosine ignores the sigmoid gate of eq 2.
+
+    Args:
+        x: [B, n, D] item embeddings.
+        c_u: [B, K, D] activated prototypes.
+        temperature: divides the cosines (0.07 in the reference code).
+
+    Returns:
+        p_kt: [B, n, K].
+    """
+    logits = jnp.einsum("bnd,bkd->bnk", l2_normalize(x), l2_normalize(c_u)) / temperature
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def interest_attention(
+    x: jax.Array, mask: jax.Array, pos: jax.Array, w1: jax.Array, w2: jax.Array
+) -> jax.Array:
+    """Eq 4: P(t|k) = softmax_t(tanh((X + pos) W_{k,1}) W_{k,2}), one MLP per interest k.
+
+    All K MLPs run as one contraction over a [D, K*H] weight.
+
+    Args:
+        x: [B, n, D] item embeddings.
+        mask: [B, n] boolean.
+        pos: [n, D] learned positional embeddings, added to the attention input.
+        w1: [K, D, H] per-interest hidden weights (H = D in the paper).
+        w2: [K, H] per-interest output weights.
+
+    Returns:
+        p_tk: [B, n, K], for each k a distribution over the valid positions t.
+    """
+    hidden = jnp.tanh(jnp.einsum("bnd,kdh->bnkh", x + pos, w1))  # [B, n, K, H]
+    logits = jnp.einsum("bnkh,kh->bnk", hidden, w2)  # [B, n, K]
+    return masked_softmax(logits, mask[..., None], axis=1)
+
+
+def gated_interest_attention(
+    x: jax.Array,
+    mask: jax.Array,
+    pos: jax.Array,
+    w1: jax.Array,
+    w2: jax.Array,
+    p_kt: jax.Array,
+) -> jax.Array:
+    """Eq 4 as in the reference code: one shared MLP D -> H -> K whose logits are multiplied
+    by P(k|t) before the masked softmax over t.
+
+    Args:
+        x: [B, n, D] item embeddings.
+        mask: [B, n] boolean.
+        pos: [n, D] positional embeddings, added to the attention input.
+        w1: [D, H] shared hidden weights.
+        w2: [H, K] shared output weights (one column per interest slot).
+        p_kt: [B, n, K] the intention assignment of eq 3.
+
+    Returns:
+        p_tk: [B, n, K] (already weighted by P(k|t) inside the softmax).
+    """
+    logits = (jnp.tanh((x + pos) @ w1) @ w2) * p_kt  # [B, n, K]
+    return masked_softmax(logits, mask[..., None], axis=1)
+
+
+def interest_embeddings(
+    p_kt: jax.Array | None, p_tk: jax.Array, x: jax.Array, norm: Norm | None = None
+) -> jax.Array:
+    """Eq 5: phi_k = LN3(sum_t P(k|t) P(t|k) X_t), with the raw X_t as values.
+
+    Args:
+        p_kt: [B, n, K] from eq 3, or None when P(t|k) already contains it (the reference
+            code's gated attention), so the weights are P(t|k) alone.
+        p_tk: [B, n, K] from eq 4 (zero at padded positions).
+        x: [B, n, D] item embeddings.
+        norm: LayerNorm3, or None for no normalisation (the reference code).
+
+    Returns:
+        phi: [B, K, D] interest embeddings.
+    """
+    weights = p_tk if p_kt is None else p_kt * p_tk  # [B, n, K]
+    phi = jnp.einsum("bnk,bnd->bkd", weights, x)
+    return phi if norm is None else norm(phi)
+
+
+def intention_sequence_and_apt(
+    p_kt: jax.Array,
+    c_u: jax.Array,
+    mask: jax.Array,
+    w_hidden: jax.Array,
+    w_out: jax.Array,
+    norm: Norm,
+    items: jax.Array | None = None,
+    pos: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Eq 6: Xhat = P C^u; C_apt = LN4(softmax_t(tanh(Xhat W) w)^T Xhat), masked over t.
+
+    In the paper W is eq 3's W3 (the literal text) and w is W4 [D].
+
+    Args:
+        p_kt: [B, n, K] intention assignment (eq 3).
+        c_u: [B, K, D] gated prototypes (eq 2).
+        mask: [B, n] boolean.
+        w_hidden: [D, H] (W3 in the paper, H = D).
+        w_out: [H] (W4 in the paper).
+        norm: LayerNorm4.
+        items: optional [B, n, D] item embeddings added to Xhat (the reference code).
+        pos: optional [n, D] positional embeddings added to the attention input only.
+
+    Returns:
+        xhat: [B, n, D] the intention sequence (including `items` when given);
+        c_apt: [B, D] the predicted next intention.
+    """
+    xhat = jnp.einsum("bnk,bkd->bnd", p_kt, c_u)
+    if items is not None:
+        xhat = xhat + items
+    pooled, _ = self_attentive_pool(xhat, mask, w_hidden, w_out, pos)  # [B, D]
+    return xhat, norm(pooled)
+
+
+def interest_aggregation(
+    c_apt: jax.Array, phi: jax.Array, temperature: float
+) -> tuple[jax.Array, jax.Array]:
+    """Eqs 7-8: e = softmax_k(C_apt . phi_k / tau); v = sum_k e_k phi_k.
+
+    Args:
+        c_apt: [B, D] predicted intention (eq 6).
+        phi: [B, K, D] interest embeddings (eq 5).
+        temperature: tau (0.1 in the paper).
+
+    Returns:
+        v: [B, D] user vector; e: [B, K] interest weights.
+    """
+    e = jax.nn.softmax(jnp.einsum("bd,bkd->bk", c_apt, phi) / temperature, axis=-1)
+    return jnp.einsum("bk,bkd->bd", e, phi), e
+
+
+def dense_concat_aggregation(
+    c_apt: jax.Array, phi: jax.Array, kernel: jax.Array, bias: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Eqs 7-8 as in the reference code (`labeled_attention`): the query is
+    q = Dense(concat[mean_k phi_k, C_apt]); e = softmax_k(phi_k . q) (no temperature);
+    v = sum_k e_k phi_k.
+
+    Args:
+        c_apt: [B, D] predicted intention (eq 6).
+        phi: [B, K, D] interest embeddings.
+        kernel: [2 D, D] dense weights.
+        bias: [D] dense bias.
+
+    Returns:
+        v: [B, D] user vector; e: [B, K] interest weights.
+    """
+    query = jnp.concatenate([phi.mean(axis=1), c_apt], axis=-1) @ kernel + bias  # [B, D]
+    e = jax.nn.softmax(jnp.einsum("bd,bkd->bk", query, phi), axis=-1)
+    return jnp.einsum("bk,bkd->bd", e, phi), e
+
+
+# ---------------------------------------------------------------------------------------------
+# Options and presets.
+
+_CHOICES = {
+    "assignment": ("layernorm", "cosine"),
+    "interest_attention": ("per_interest", "shared_gated"),
+    "aggregation_attention": ("shared_w3", "own", "own_plus_items"),
+    "aggregation": ("temperature", "dense_concat"),
+}
+_BOOLS = ("interest_layernorm", "positional_in_concept_attention")
+
+
+@dataclasses.dataclass(frozen=True)
+class SineOptions:
+    """Model switches (hashable: usable as a static jit argument). Defaults = "paper".
+
+    Attributes:
+        attention_hidden: hidden size H of the eq 1 and eq 4 attention MLPs and of eq 6's
+            own attention; 0 means D. Paper 0, official 512 (`hidden_size`). Eq 6 with
+            "shared_w3" always uses W3 (H = D).
+        assignment: eq 3. "layernorm": the literal LN1(X W3) . LN2(C^u_k); "cosine": the
+            reference code's cos(X_t, C^u_k) / 0.07, no W3 and no LayerNorm.
+        interest_attention: eq 4. "per_interest": the literal W_{k,1} [K, D, H], W_{k,2} [K, H];
+            "shared_gated": the reference code's one MLP D -> H -> K whose logits are
+            multiplied by P(k|t) before the masked softmax over t. As in the reference code,
+            eq 5 then weighs X_t by P(t|k) alone (P(k|t) is already inside it).
+        interest_layernorm: LN3 in eq 5 (the reference code has none).
+        aggregation_attention: eq 6. "shared_w3": the literal attention with eq 3's W3 and a
+            W4 [D]; "own": its own [D, H] and [H] weights; "own_plus_items": own weights and the
+            raw item embeddings X added to Xhat (the reference code's `cpt_feat`). LN4 is
+            applied in every mode (no switch removes it; the reference code has none).
+        aggregation: eqs 7-8. "temperature": the literal softmax_k(C_apt . phi_k / tau);
+            "dense_concat": the reference code's e = softmax_k(phi_k . Dense(concat[mean_k
+            phi_k, C_apt])) without tau, v = sum_k e_k phi_k.
+        positional_in_concept_attention: add the learned positional embeddings to the attention
+            input of eq 1, and of eq 6 (the reference code adds them to both; values stay
+            un-embedded). Eq 4 always adds them (paper and reference code).
+        temperature: tau of eq 7 (`model.temperature`, 0.1).
+    """
+
+    attention_hidden: int = 0
+    assignment: str = "layernorm"
+    interest_attention: str = "per_interest"
+    interest_layernorm: bool = True
+    aggregation_attention: str = "shared_w3"
+    aggregation: str = "temperature"
+    positional_in_concept_attention: bool = False
+    temperature: float = 0.1
+
+    def __post_init__(self):
+        hidden = self.attention_hidden
+        if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 0:
+            raise ConfigError(
+                f"model.attention_hidden={hidden!r} must be an integer >= 0 (0 = embed_dim)"
+            )
+        for field, allowed in _CHOICES.items():
+            value = getattr(self, field)
+            if value not in allowed:
+                raise ConfigError(f"model.{field}={value!r} must be one of {allowed}")
+        for field in _BOOLS:
+            value = getattr(self, field)
+            if not isinstance(value, bool):
+                raise ConfigError(f"model.{field}={value!r} must be True or False")
+        tau = self.temperature
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
+            raise ConfigError(f"model.temperature={tau!r} must be a number > 0")
+
+
+PRESETS = {
+    "paper": SineOptions(),
+    "official": SineOptions(
+        attention_hidden=512,
+        assignment="cosine",
+        interest_attention="shared_gated",
+        interest_layernorm=False,
+        aggregation_attention="own_plus_items",
+        aggregation="dense_concat",
+        positional_in_concept_attention=True,
+    ),
+}
+SWITCHES = ("attention_hidden", *_CHOICES, *_BOOLS)
+
+
+def resolve_switches(model_config) -> SineOptions:
+    """The options of `model_config.preset` with every non-None switch field overriding it.
+
+    Args:
+        model_config: `config.model` (ConfigDict or dict) with `preset`, `temperature` and the
+            switch fields of `SineOptions` (None or absent = take the preset's value).
+
+    Returns:
+        The resolved SineOptions.
+
+    Raises:
+        ConfigError: unknown preset or an invalid switch value.
+    """
+    preset = model_config.get("preset", "paper")
+    if preset not in PRESETS:
+        raise ConfigError(f"model.preset={preset!r} must be one of {tuple(PRESETS)}")
+    overrides = {f: model_config.get(f) for f in SWITCHES if model_config.get(f) is not None}
+    temperature = model_config.get("temperature")
+    if temperature is not None:
+        overrides["temperature"] = temperature
+    return dataclasses.replace(PRESETS[preset], **overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Module.
+
+
+class UserEncoding(NamedTuple):
+    """What `SINE.__call__` returns.
+
+    Attributes:
+        user_vector: [B, D] v (eq 8), the query against the item table.
+        interests: [B, K, D] phi (eq 5).
+        interest_weights: [B, K] e (eq 7).
+        prototype_ids: [B, K] int32 selected prototypes, descending score (eq 2).
+        assignment: [B, n, K] P(k|t) (eq 3).
+        concept_attention: [B, n] a (eq 1), zero at padding.
+    """
+
+    user_vector: jax.Array
+    interests: jax.Array
+    interest_weights: jax.Array
+    prototype_ids: jax.Array
+    assignment: jax.Array
+    concept_attention: jax.Array
+
+
+# (shape, fan_in, fan_out) of each Glorot-initialised parameter, by attribute name.
+ParamSpecs = dict[str, tuple[tuple[int, ...], int, int]]
+
+
+def _param_specs(
+    num_items: int, d: int, k: int, num_prototypes: int, n: int, options: SineOptions
+) -> ParamSpecs:
+    """Shapes and Glorot fans of SINE's parameters (vectors count as [size, 1] matrices,
+    per-interest stacks [K, D, H] as K matrices [D, H])."""
+    h = options.attention_hidden or d
+    specs = {
+        "item_embedding": ((num_items + 1, d), num_items + 1, d),
+        "prototypes": ((num_prototypes, d), num_prototypes, d),
+        "position_embedding": ((n, d), n, d),
+        "concept_w1": ((d, h), d, h),
+        "concept_w2": ((h,), h, 1),
+    }
+    if options.assignment == "layernorm" or options.aggregation_attention == "shared_w3":
+        specs["w3"] = ((d, d), d, d)
+    if options.interest_attention == "per_interest":
+        specs["interest_w1"] = ((k, d, h), d, h)
+        specs["interest_w2"] = ((k, h), h, 1)
+    else:
+        specs["interest_w1"] = ((d, h), d, h)
+        specs["interest_w2"] = ((h, k), h, k)
+    if options.aggregation_attention == "shared_w3":
+        specs["aggregation_w4"] = ((d,), d, 1)
+    else:
+        specs["aggregation_w"] = ((d, h), d, h)
+        specs["aggregation_w4"] = ((h,), h, 1)
+    if options.aggregation == "dense_concat":
+        specs["query_kernel"] = ((2 * d, d), 2 * d, d)
+    return specs
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _glorot_uniform(key: jax.Array, specs: tuple) -> dict[str, jax.Array]:
+    """U(-a, a) with a = sqrt(6 / (fan_in + fan_out)) for each (name, (shape, fan_in, fan_out)).
+
+    The item table gets its own draw (it can be large, and sharded) with row 0 (padding) set
+    to zero; every other parameter is a slice of one flat draw, so initialisation compiles two
+    random-number programs rather than one per parameter shape (seconds each on a CPU).
+    """
+    table_key, key = jax.random.split(key)
+    specs = dict(specs)
+    shape, fan_in, fan_out = specs.pop("item_embedding")
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    table = jax.random.uniform(table_key, shape, minval=-limit, maxval=limit)
+    values = {"item_embedding": table.at[0].set(0.0)}
+    sizes = [math.prod(shape) for shape, _, _ in specs.values()]
+    flat = jax.random.uniform(key, (sum(sizes),), minval=-1.0, maxval=1.0)
+    starts = itertools.accumulate(sizes, initial=0)
+    for (name, (shape, fan_in, fan_out)), start, size in zip(specs.items(), starts, sizes):
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        values[name] = limit * flat[start : start + size].reshape(shape)
+    return values
+
+
+class SINE(nnx.Module):
+    """The SINE user encoder (eqs 1-8) with its item table and prototype pool.
+
+    Parameters (present depending on `options`):
+        item_embedding [M+1, D] (row 0 = padding), prototypes [L, D] (C),
+        position_embedding [n, D] (row n-1 = most recent item), concept_w1 [D, H],
+        concept_w2 [H] (eq 1), w3 [D, D] (eq 3 and/or eq 6 "shared_w3"), norm1, norm2
+        (eq 3 "layernorm"), interest_w1 [K, D, H] | [D, H], interest_w2 [K, H] | [H, K] (eq 4),
+        norm3 (eq 5), aggregation_w [D, H] (eq 6 "own*"), aggregation_w4 [H] (eq 6 W4),
+        norm4 (eq 6), query_kernel [2D, D], query_bias [D] (eqs 7-8 "dense_concat").
+    """
+
+    def __init__(
+        self,
+        *,
+        num_items: int,
+        embed_dim: int,
+        num_interests: int,
+        num_prototypes: int,
+        max_seq_len: int,
+        options: SineOptions,
+        rngs: nnx.Rngs,
+    ):
+        d = embed_dim
+        self.options = options
+        self.num_interests = num_interests
+        specs = _param_specs(num_items, d, num_interests, num_prototypes, max_seq_len, options)
+        values = _glorot_uniform(rngs.params(), tuple(specs.items()))
+
+        def param(name: str) -> nnx.Param | None:
+            return nnx.Param(values[name]) if name in values else None
+
+        def layer_norm(present: bool) -> nnx.LayerNorm | None:
+            return nnx.LayerNorm(d, rngs=rngs) if present else None
+
+        self.item_embedding = param("item_embedding")
+        self.prototypes = param("prototypes")
+        self.position_embedding = param("position_embedding")
+        self.concept_w1 = param("concept_w1")
+        self.concept_w2 = param("concept_w2")
+        self.w3 = param("w3")
+        self.norm1 = layer_norm(options.assignment == "layernorm")
+        self.norm2 = layer_norm(options.assignment == "layernorm")
+        self.interest_w1 = param("interest_w1")
+        self.interest_w2 = param("interest_w2")
+        self.norm3 = layer_norm(options.interest_layernorm)
+        self.aggregation_w = param("aggregation_w")
+        self.aggregation_w4 = param("aggregation_w4")
+        self.norm4 = nnx.LayerNorm(d, rngs=rngs)
+        self.query_kernel = param("query_kernel")
+        dense = options.aggregation == "dense_concat"
+        self.query_bias = nnx.Param(jnp.zeros((d,))) if dense else None
+
+    def __call__(self, history: jax.Array) -> UserEncoding:
+        """Encodes histories.
+
+        Args:
+            history: [B, n] int32 item ids, 0 = padding, left-padded (most recent at n - 1).
+
+        Returns:
+            UserEncoding.
+        """
+        opts = self.options
+        mask = history > 0  # [B, n]
+        table = self.item_embedding[...]
+        x = jnp.take(table, history, axis=0) * mask[..., None].astype(table.dtype)  # [B, n, D]
+        pos = self.position_embedding[...]  # [n, D]
+        concept_pos = pos if opts.positional_in_concept_attention else None
+
+        # Eqs 1-2: which K prototypes this user activates.
+        z, a = self_attentive_pool(x, mask, self.concept_w1[...], self.concept_w2[...], concept_pos)
+        c_u, prototype_ids, _ = concept_activation(z, self.prototypes[...], self.num_interests)
+
+        # Eq 3.
+        if opts.assignment == "layernorm":
+            p_kt = intention_assignment(x, c_u, self.w3[...], self.norm1, self.norm2)
+        else:
+            p_kt = cosine_assignment(x, c_u)
+
+        # Eqs 4-5.
+        w1, w2 = self.interest_w1[...], self.interest_w2[...]
+        if opts.interest_attention == "per_interest":
+            p_tk = interest_attention(x, mask, pos, w1, w2)
+            phi = interest_embeddings(p_kt, p_tk, x, self.norm3)
+        else:
+            p_tk = gated_interest_attention(x, mask, pos, w1, w2, p_kt)
+            phi = interest_embeddings(None, p_tk, x, self.norm3)
+
+        # Eq 6.
+        if opts.aggregation_attention == "shared_w3":
+            w_hidden = self.w3[...]
+        else:
+            w_hidden = self.aggregation_w[...]
+        items = x if opts.aggregation_attention == "own_plus_items" else None
+        _, c_apt = intention_sequence_and_apt(
+            p_kt, c_u, mask, w_hidden, self.aggregation_w4[...], self.norm4, items, concept_pos
+        )
+
+        # Eqs 7-8.
+        if opts.aggregation == "temperature":
+            v, e = interest_aggregation(c_apt, phi, opts.temperature)
+        else:
+            v, e = dense_concat_aggregation(
+                c_apt, phi, self.query_kernel[...], self.query_bias[...]
+            )
+        return UserEncoding(
+            user_vector=v,
+            interests=phi,
+            interest_weights=e,
+            prototype_ids=prototype_ids,
+            assignment=p_kt,
+            concept_attention=a,
+        )
+
+
+def _check_int(field: str, value, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"model.{field}={value!r} must be an integer >= {minimum}")
+
+
+def build_model(model_config, num_items: int, rngs: nnx.Rngs) -> SINE:
+    """Validates `config.model` and builds SINE.
+
+    Args:
+        model_config: `config.model` with name ("sine"), embed_dim, num_interests,
+            num_prototypes, max_seq_len, temperature, preset and the switch fields.
+        num_items: M, the number of real items (ids 1..M).
+        rngs: parameter RNG streams.
+
+    Returns:
+        The SINE module.
+
+    Raises:
+        ConfigError: a field is invalid (the message names it and the allowed values).
+        ValueError: num_items < 1 (a data problem the caller should have reported).
+    """
+    name = model_config.get("name", "sine")
+    if name != "sine":
+        raise ConfigError(f"model.name={name!r} must be one of ('sine',)")
+    for field in ("embed_dim", "num_interests", "num_prototypes", "max_seq_len"):
+        _check_int(field, model_config.get(field), 1)
+    k, num_prototypes = model_config.get("num_interests"), model_config.get("num_prototypes")
+    if k > num_prototypes:
+        raise ConfigError(
+            f"model.num_interests={k} must be <= model.num_prototypes={num_prototypes}"
+        )
+    if num_items < 1:
+        raise ValueError(f"num_items={num_items} must be >= 1")
+    return SINE(
+        num_items=num_items,
+        embed_dim=model_config.get("embed_dim"),
+        num_interests=k,
+        num_prototypes=num_prototypes,
+        max_seq_len=model_config.get("max_seq_len"),
+        options=resolve_switches(model_config),
+        rngs=rngs,
+    )
