@@ -14,9 +14,9 @@ def get_config():
     config.model.num_prototypes = 20
     config.model.max_seq_len = 20
     config.train.batch_size = 128
-    config.train.num_epochs = 4
+    config.train.num_epochs = 3
     config.train.patience = 3
     config.train.log_every_steps = 50
-    config.eval.every_steps = 100
+    config.eval.every_steps = 200
     config.checkpoint.every_steps = 50
     return config

@@ -1,0 +1,95 @@
+"""Orbax checkpoints of the train state, the grain iterator and the early-stopping record.
+
+Layout: `WORKDIR/checkpoints/<step>/` with three items: `state` (the TrainState pytree),
+`data` (the grain iterator state) and `progress` (JSON: best validation metric, best step,
+evaluations without improvement). The most recent `keep` checkpoints are kept, and the
+best one (by validation metric) is never deleted.
+"""
+
+import dataclasses
+import os
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+
+@dataclasses.dataclass
+class Progress:
+    """Early-stopping record saved with each checkpoint."""
+
+    best_metric: float = float("-inf")
+    best_step: int = -1
+    evals_without_improvement: int = 0
+
+
+def _best_marker(metrics: dict[str, Any]) -> float:
+    # A checkpoint that set a new best carries its step; later bests have larger steps, so
+    # the largest marker is the current best (see `Checkpointer.save`).
+    return metrics["best_marker"]
+
+
+class Checkpointer:
+    """Saves and restores (state, data iterator, progress) under `directory`."""
+
+    def __init__(self, directory: str, *, keep: int):
+        self.directory = os.path.abspath(directory)
+        policy = policies.AnyPreservationPolicy(
+            [
+                policies.LatestN(n=keep),
+                policies.BestN(
+                    get_metric_fn=_best_marker, n=1, keep_checkpoints_without_metrics=False
+                ),
+            ]
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=policy, create=True, enable_async_checkpointing=True
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_iter: Any, progress: Progress) -> None:
+        """Saves asynchronously; a checkpoint at `progress.best_step` is marked as the best."""
+        if step in self.manager.all_steps():
+            return
+        is_best = progress.best_step == step
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(data_iter),
+                progress=ocp.args.JsonSave(dataclasses.asdict(progress)),
+            ),
+            metrics={"best_marker": float(step) if is_best else -1.0},
+            force=True,
+        )
+
+    def restore(self, step: int, abstract_state: Any, data_iter: Any) -> tuple[Any, Progress]:
+        """Restores state (onto the shardings of `abstract_state`), iterator and progress."""
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=grain.checkpoint.CheckpointRestore(data_iter),
+                progress=ocp.args.JsonRestore(),
+            ),
+        )
+        return restored["state"], Progress(**restored["progress"])
+
+    def restore_state(self, step: int, abstract_state: Any) -> Any:
+        """Restores only the train state of checkpoint `step`."""
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        )
+        return restored["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

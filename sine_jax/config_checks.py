@@ -1,0 +1,75 @@
+"""Validation of a config before anything is built or compiled: one-line ConfigErrors."""
+
+import jax
+from ml_collections import config_dict
+
+from sine_jax.errors import ConfigError
+
+MODEL_NAMES = ("sine",)
+LOSS_NAMES = ("sampled_softmax", "full_softmax")
+LR_DECAYS = ("constant", "cosine")
+ON_BAD_ROW = ("error", "skip")
+
+
+def _choice(value, field: str, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{field}={value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def _at_least(value, field: str, minimum) -> None:
+    if value < minimum:
+        raise ConfigError(f"{field}={value} must be >= {minimum}")
+
+
+def data_axis_size(config: config_dict.ConfigDict, num_devices: int) -> int:
+    """Devices on the 'data' mesh axis (mesh.data, -1 = all), checked against the devices."""
+    size = config.mesh.data
+    if size == -1:
+        return num_devices
+    if size < 1 or num_devices % size:
+        raise ConfigError(
+            f"mesh.data={size} does not fit the {num_devices} visible device(s): use -1 or a "
+            f"divisor of {num_devices}"
+        )
+    return size
+
+
+def validate(config: config_dict.ConfigDict, num_devices: int | None = None) -> None:
+    """Raises ConfigError naming the first bad field and its allowed values."""
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    _choice(config.model.name, "model.name", MODEL_NAMES)
+    _choice(config.data.on_bad_row, "data.on_bad_row", ON_BAD_ROW)
+    _choice(config.loss.name, "loss.name", LOSS_NAMES)
+    _choice(config.train.lr_decay, "train.lr_decay", LR_DECAYS)
+    _at_least(config.model.max_seq_len, "model.max_seq_len", 1)
+    _at_least(config.loss.negatives_per_example, "loss.negatives_per_example", 1)
+    _at_least(config.train.batch_size, "train.batch_size", 1)
+    _at_least(config.train.num_epochs, "train.num_epochs", 1)
+    _at_least(config.train.warmup_steps, "train.warmup_steps", 0)
+    _at_least(config.train.grad_clip_norm, "train.grad_clip_norm", 0.0)
+    _at_least(config.train.patience, "train.patience", 0)
+    _at_least(config.train.log_every_steps, "train.log_every_steps", 1)
+    _at_least(config.eval.every_steps, "eval.every_steps", 0)
+    _at_least(config.eval.batch_size, "eval.batch_size", 1)
+    _at_least(config.eval.item_chunk_size, "eval.item_chunk_size", 1)
+    _at_least(config.checkpoint.every_steps, "checkpoint.every_steps", 1)
+    _at_least(config.checkpoint.keep, "checkpoint.keep", 1)
+    if not config.train.learning_rate > 0:
+        raise ConfigError(f"train.learning_rate={config.train.learning_rate} must be > 0")
+    if config.loss.cov_weight is not None:
+        _at_least(config.loss.cov_weight, "loss.cov_weight", 0.0)
+    if not config.eval.ks or any(k < 1 for k in config.eval.ks):
+        raise ConfigError(f"eval.ks={tuple(config.eval.ks)} must be positive cut-offs")
+    allowed_metrics = tuple(f"{m}@{k}" for m in ("HR", "NDCG") for k in config.eval.ks)
+    _choice(config.eval.metric, "eval.metric", allowed_metrics)
+    data_size = data_axis_size(config, num_devices)
+    if config.train.batch_size % data_size:
+        raise ConfigError(
+            f"train.batch_size={config.train.batch_size} is not divisible by the {data_size} "
+            f"devices of the 'data' mesh axis"
+        )
+    if config.eval.batch_size % data_size:
+        raise ConfigError(
+            f"eval.batch_size={config.eval.batch_size} is not divisible by the {data_size} "
+            f"devices of the 'data' mesh axis"
+        )

@@ -1,0 +1,221 @@
+"""End to end: training learns, sharding agrees, interrupt and resume reproduce, results.json."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from configs import synthetic
+from sine_jax import config_checks, evaluate, train
+from sine_jax.data import dataset as dataset_lib
+from sine_jax.data import pipeline
+from sine_jax.errors import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config():
+    """A run of a few seconds: small synthetic data, small model."""
+    config = synthetic.get_config()
+    config.data.synthetic.num_users = 300
+    config.data.synthetic.num_items = 200
+    config.data.synthetic.num_categories = 10
+    config.model.embed_dim = 16
+    config.model.num_prototypes = 10
+    config.train.batch_size = 64
+    config.train.num_epochs = 2
+    config.train.log_every_steps = 10
+    config.eval.every_steps = 40
+    config.checkpoint.every_steps = 25
+    return config
+
+
+@pytest.fixture(scope="module")
+def synthetic_results(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("synthetic"))
+    return train.train_and_evaluate(synthetic.get_config(), workdir), workdir
+
+
+def test_synthetic_run_learns_and_beats_popularity(synthetic_results):
+    results, workdir = synthetic_results
+    config = synthetic.get_config()
+    data = dataset_lib.load_dataset(config.data, os.path.join(workdir, "cache"))
+    test_arrays = pipeline.eval_arrays(data, "test", max_seq_len=config.model.max_seq_len)
+    pop = evaluate.popularity_metrics(
+        data.item_counts, test_arrays, mask_history=True, ks=config.eval.ks
+    )
+    assert pop["HR@10"] <= 0.05
+    assert results["test"]["HR@10"] >= 0.2
+    assert results["test"]["HR@10"] >= 2 * pop["HR@10"]
+
+
+def test_results_json_schema(synthetic_results):
+    results, workdir = synthetic_results
+    with open(os.path.join(workdir, "results.json")) as f:
+        on_disk = json.load(f)
+    assert on_disk["test"] == pytest.approx(results["test"])
+    for split in ("test", "valid"):
+        assert set(on_disk[split]) == {
+            f"{m}@{k}" for m in ("HR", "NDCG") for k in (10, 50, 100)
+        }
+        assert all(0.0 <= v <= 1.0 for v in on_disk[split].values())
+    assert on_disk["best_step"] > 0
+    assert on_disk["config"]["model"]["name"] == "sine"
+    assert on_disk["data"]["users"] == 2000 and on_disk["data"]["items"] <= 1000
+    assert on_disk["environment"]["jax"] == jax.__version__
+    assert on_disk["seed"] == 0 and on_disk["wall_seconds"] > 0
+    # Metrics are TensorBoard-readable and in metrics.jsonl.
+    assert any(f.startswith("events.out") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    assert any("train/examples_per_sec" in line for line in lines)
+    assert any("valid/HR@10" in line for line in lines)
+    # Periodic checkpoints exist, and the best one was kept.
+    steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+    assert on_disk["best_step"] in steps
+
+
+def test_interrupt_and_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
+    config = tiny_config()
+    reference = train.train_and_evaluate(config, str(tmp_path / "ref"))
+
+    real_make_step_fn = train.make_step_fn
+
+    class Interrupted(Exception):
+        pass
+
+    def dying_step_fn(*args, **kwargs):
+        step_fn, calls = real_make_step_fn(*args, **kwargs), [0]
+
+        def step(state, batch):
+            calls[0] += 1
+            if calls[0] > 60:  # dies in step 61; the last checkpoint is step 50
+                raise Interrupted
+            return step_fn(state, batch)
+
+        return step
+
+    workdir = str(tmp_path / "resumed")
+    monkeypatch.setattr(train, "make_step_fn", dying_step_fn)
+    with pytest.raises(Interrupted):
+        train.train_and_evaluate(config, workdir)
+    monkeypatch.setattr(train, "make_step_fn", real_make_step_fn)
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+    assert train.checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=2
+    ).latest_step() == 50
+    resumed = train.train_and_evaluate(config, workdir)
+    assert resumed["best_step"] == reference["best_step"]
+    assert resumed["test"] == reference["test"]
+    assert resumed["valid"] == reference["valid"]
+
+
+def test_short_run_still_validates_and_tests(tmp_path):
+    config = tiny_config()
+    config.train.num_epochs = 1
+    config.eval.every_steps = 10_000  # never reached: the final validation must still run
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert results["best_step"] > 0
+    assert 0.0 <= results["test"]["HR@10"] <= 1.0
+
+
+def _one_step_loss(config, num_devices):
+    config.mesh.data = num_devices
+    mesh = train.make_mesh(config)
+    setup, state = train.create_train_state(config, 200, mesh, total_steps=10)
+    step_fn = train.make_step_fn(setup, config)
+    rng = np.random.default_rng(0)
+    history = rng.integers(0, 201, (config.train.batch_size, config.model.max_seq_len))
+    batch = {
+        "history": history.astype(np.int32),
+        "target": rng.integers(1, 201, config.train.batch_size).astype(np.int32),
+    }
+    sharding = NamedSharding(mesh, P("data"))
+    batch = {k: jax.device_put(v, sharding) for k, v in batch.items()}
+    state, metrics = step_fn(state, batch)
+    state, metrics2 = step_fn(state, batch)
+    return float(metrics["loss"]), float(metrics2["loss"]), step_fn
+
+
+def test_train_step_on_one_and_eight_devices_gives_the_same_loss():
+    assert jax.device_count() == 8
+    one = _one_step_loss(tiny_config(), 1)
+    eight = _one_step_loss(tiny_config(), 8)
+    np.testing.assert_allclose(one[:2], eight[:2], rtol=1e-5)
+    assert eight[2]._cache_size() == 1  # one compile for two steps
+
+
+def test_bad_configs_are_rejected_before_compiling():
+    config = tiny_config()
+    config.train.batch_size = 60
+    config.mesh.data = 8
+    with pytest.raises(ConfigError, match="train.batch_size=60"):
+        config_checks.validate(config, num_devices=8)
+    config = tiny_config()
+    config.mesh.data = 3
+    with pytest.raises(ConfigError, match="mesh.data=3"):
+        config_checks.validate(config, num_devices=8)
+    config = tiny_config()
+    config.loss.name = "bpr"
+    with pytest.raises(ConfigError, match="loss.name='bpr'.*sampled_softmax"):
+        config_checks.validate(config, num_devices=8)
+
+
+def test_k_larger_than_l_is_a_config_error(tmp_path):
+    config = tiny_config()
+    config.model.num_interests = 12
+    with pytest.raises(ConfigError, match="num_interests"):
+        train.train_and_evaluate(config, str(tmp_path))
+
+
+def _cli(*args, cwd=REPO):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
+    return subprocess.run(
+        [sys.executable, "-m", "sine_jax.main", *args],
+        capture_output=True, text=True, cwd=cwd, env=env, timeout=300,
+    )
+
+
+def test_cli_reports_a_missing_data_file_in_one_line(tmp_path):
+    proc = _cli(
+        "--config=configs/movielens.py",
+        f"--workdir={tmp_path}",
+        f"--config.data.path={tmp_path}/nope/ratings.dat",
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "nope/ratings.dat" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_says_which_reader_is_missing_for_taobao(tmp_path):
+    proc = _cli("--config=configs/taobao.py", f"--workdir={tmp_path}",
+                f"--config.data.path={tmp_path}/UserBehavior.csv")
+    assert proc.returncode == 2
+    assert "taobao" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_eval_mode_reproduces_training_results(tmp_path):
+    config_args = [
+        "--config=configs/synthetic.py",
+        f"--workdir={tmp_path}",
+        "--config.data.synthetic.num_users=300",
+        "--config.data.synthetic.num_items=200",
+        "--config.data.synthetic.num_categories=10",
+        "--config.model.embed_dim=16",
+        "--config.model.num_prototypes=10",
+        "--config.train.num_epochs=1",
+    ]
+    trained = _cli(*config_args)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    evaluated = _cli(*config_args, "--mode=eval")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads(trained.stdout.splitlines()[-1]) == json.loads(
+        evaluated.stdout.splitlines()[-1]
+    )
