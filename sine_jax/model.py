@@ -85,10 +85,18 @@ def self_attentive_pool(
         z: [B, D] pooled vector; a: [B, n] attention weights (zeros where masked).
     """
     keys = x if pos is None else x + pos
-    logits = jnp.tanh(keys @ w1) @ w2  # [B, n]
-    a = masked_softmax(logits, mask, axis=-1)  # [B, n]
-    z = jnp.einsum("bn,bnd->bd", a, x)
-    return z, a
+    return _attention_pool(keys @ w1, x, mask, w2)
+
+
+def _attention_pool(
+    projected: jax.Array, values: jax.Array, mask: jax.Array, w_out: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """a = masked softmax_t(tanh(projected) w_out); returns (a^T values [B, D], a [B, n]).
+
+    `projected` [B, n, H] is the attention input times the hidden weights; `values` [B, n, D].
+    """
+    a = masked_softmax(jnp.tanh(projected) @ w_out, mask, axis=-1)  # [B, n]
+    return jnp.einsum("bn,bnd->bd", a, values), a
 
 
 def concept_activation(
@@ -255,9 +263,14 @@ def intention_sequence_and_apt(
         c_apt: [B, D] the predicted next intention.
     """
     xhat = jnp.einsum("bnk,bkd->bnd", p_kt, c_u)
+    # Xhat W = P (C^u W): K rows per user go through W instead of n.
+    projected = jnp.einsum("bnk,bkh->bnh", p_kt, c_u @ w_hidden)  # [B, n, H]
     if items is not None:
         xhat = xhat + items
-    pooled, _ = self_attentive_pool(xhat, mask, w_hidden, w_out, pos)  # [B, D]
+        projected = projected + items @ w_hidden
+    if pos is not None:
+        projected = projected + pos @ w_hidden
+    pooled, _ = _attention_pool(projected, xhat, mask, w_out)  # [B, D]
     return xhat, norm(pooled)
 
 
