@@ -1,6 +1,7 @@
 """Tests for sine_jax.model: each equation against a numpy reference written from the paper."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -276,12 +277,19 @@ def _encode(module, history):
     return module(jnp.asarray(history))
 
 
+# Compiling a whole model is the slow part of these tests on a CPU; XLA's backend optimisation
+# level 0 halves it and changes nothing the tests look at.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
 def _sum_user_vector_loss(graphdef, params, rest, history, weights):
     out = nnx.merge(graphdef, params, rest)(history)
     return jnp.sum(out.user_vector * weights)
 
 
-_loss_grad = jax.jit(jax.grad(_sum_user_vector_loss, argnums=1), static_argnums=0)
+_loss_grad = jax.jit(
+    jax.grad(_sum_user_vector_loss, argnums=1), static_argnums=0, compiler_options=_FAST_COMPILE
+)
 
 
 @pytest.fixture
@@ -628,7 +636,7 @@ def test_finite_difference_gradients_float64(pipeline):
 
     with jax.enable_x64(True):
 
-        @jax.jit
+        @functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
         @jax.value_and_grad
         def scalar(a):
             norm_a, norm_b = _ln64(*gains[:2]), _ln64(*gains[2:])
