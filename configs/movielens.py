@@ -17,8 +17,8 @@ def get_config():
     config.model.max_seq_len = 20
     config.loss.negatives_per_example = 5
     config.train.batch_size = 128
-    config.train.num_epochs = 8
+    config.train.num_epochs = 4
     config.train.patience = 3
-    config.eval.every_steps = 2000
+    config.eval.every_steps = 1000
     config.checkpoint.every_steps = 2000
     return config

@@ -1,0 +1,91 @@
+"""Config validation and the optimizer options."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import default, movielens, synthetic
+from sine_jax import config_checks, train
+from sine_jax.data import dataset
+from sine_jax.errors import ConfigError, SineError
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("model.name", "bert4rec", "model.name='bert4rec' is not one of sine"),
+        ("data.on_bad_row", "ignore", "data.on_bad_row='ignore' is not one of error, skip"),
+        ("model.max_seq_len", 0, "model.max_seq_len=0 must be >= 1"),
+        ("train.learning_rate", 0.0, "train.learning_rate=0.0 must be > 0"),
+        ("eval.metric", "MRR", "eval.metric='MRR' is not one of HR@10"),
+        ("train.lr_decay", "step", "train.lr_decay='step' is not one of constant, cosine"),
+    ],
+)
+def test_bad_fields_are_named_with_allowed_values(field, value, message):
+    config = default.get_config()
+    section, name = field.split(".")
+    config[section][name] = value
+    with pytest.raises(ConfigError) as err:
+        config_checks.validate(config, num_devices=1)
+    assert str(err.value).startswith(message)
+
+
+def test_shipped_configs_are_valid():
+    for module in (default, synthetic, movielens):
+        config_checks.validate(module.get_config(), num_devices=8)
+
+
+def test_unknown_data_format_is_rejected(tmp_path):
+    config = default.get_config()
+    config.data.format = "parquetish"
+    with pytest.raises(ConfigError, match="data.format"):
+        dataset.load_dataset(config.data, str(tmp_path))
+
+
+def test_planned_formats_say_the_reader_is_missing(tmp_path):
+    config = default.get_config()
+    for fmt in ("amazon", "taobao", "csv"):
+        config.data.format = fmt
+        config.data.path = str(tmp_path / "x.csv")
+        with pytest.raises(SineError, match=fmt):
+            dataset.load_dataset(config.data, str(tmp_path))
+
+
+def _learning_rates(config, total_steps, steps):
+    tx = train.make_optimizer(config.train, total_steps)
+    params = {"w": jnp.zeros(())}
+    state = tx.init(params)
+    rates = []
+    for _ in range(steps):  # gradient 1: Adam's first step moves by exactly the rate
+        updates, state = tx.update({"w": jnp.ones(())}, state, params)
+        rates.append(-float(updates["w"]))
+    return np.array(rates)
+
+
+def test_constant_warmup_and_cosine_schedules():
+    config = default.get_config()
+    np.testing.assert_allclose(_learning_rates(config, 10, 3), 1e-3, rtol=1e-4)
+    config.train.warmup_steps = 4
+    warm = _learning_rates(config, 10, 6)
+    np.testing.assert_allclose(warm[:4], [0.0, 0.25e-3, 0.5e-3, 0.75e-3], rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(warm[4:], 1e-3, rtol=1e-4)
+    config.train.warmup_steps = 0
+    config.train.lr_decay = "cosine"
+    cosine = _learning_rates(config, 10, 10)
+    assert cosine[0] < 1e-4 and np.all(np.diff(cosine[1:]) < 0) and cosine[-1] < 1e-4
+
+
+def test_gradient_clipping_clips_before_adam():
+    config = default.get_config()
+    config.train.grad_clip_norm = 0.5
+    tx = train.make_optimizer(config.train, 10)
+    reference = optax.adam(1e-3)
+    params = {"w": jnp.zeros((4,))}
+    state, ref_state = tx.init(params), reference.init(params)
+    for scale in (100.0, 1.0, 0.01):  # Adam alone is scale-free per step, not across steps
+        grads = {"w": jnp.array([1.0, -2.0, 3.0, 0.5]) * scale}
+        clipped = optax.clip_by_global_norm(0.5).update(grads, None)[0]
+        updates, state = tx.update(grads, state, params)
+        ref_updates, ref_state = reference.update(clipped, ref_state, params)
+        np.testing.assert_allclose(updates["w"], ref_updates["w"], rtol=1e-5)
