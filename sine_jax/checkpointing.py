@@ -8,9 +8,11 @@ best one (by validation metric) is never deleted.
 
 import dataclasses
 import os
+from collections.abc import Callable
 from typing import Any
 
 import grain
+from absl import logging
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -80,6 +82,28 @@ class Checkpointer:
             ),
         )
         return restored["state"], Progress(**restored["progress"])
+
+    def restore_latest(
+        self, abstract_state: Any, make_iterator: Callable[[], Any]
+    ) -> tuple[int, Any, Any, Progress] | None:
+        """Restores the newest checkpoint that loads; damaged ones are skipped with a warning.
+
+        Returns:
+          (step, state, data iterator, progress), or None when there is no usable checkpoint.
+        """
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            data_iter = make_iterator()  # a failed restore may leave an iterator half-set
+            try:
+                state, progress = self.restore(step, abstract_state, data_iter)
+            except Exception as e:  # noqa: BLE001 - any failure means: try the previous one
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                logging.warning(
+                    "checkpoint %s/%d is damaged or partial (%s); trying the previous one",
+                    self.directory, step, reason,
+                )
+                continue
+            return step, state, data_iter, progress
+        return None
 
     def restore_state(self, step: int, abstract_state: Any) -> Any:
         """Restores only the train state of checkpoint `step`."""

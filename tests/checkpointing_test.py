@@ -33,3 +33,28 @@ def test_best_checkpoint_survives_keep_n_and_everything_round_trips(tmp_path):
     assert next(fresh) == 8  # four elements were consumed before the save
     np.testing.assert_array_equal(ckpt.restore_state(10, abstract)["w"], [10.0] * 3)
     ckpt.close()
+
+
+def _damage(step_dir):
+    """Truncates every file of the checkpoint's state item, as a disk fault would."""
+    for path in (step_dir / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"")
+
+
+def test_damaged_latest_checkpoint_is_skipped_for_the_previous_one(tmp_path):
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=3)
+    it = _iterator()
+    for step in (10, 20):
+        next(it)
+        ckpt.save(step, {"w": jnp.full((3,), float(step))}, it, checkpointing.Progress())
+    ckpt.wait()
+    _damage(tmp_path / "checkpoints" / "20")
+    abstract = {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}
+    step, state, data_iter, _ = ckpt.restore_latest(abstract, _iterator)
+    assert step == 10
+    np.testing.assert_array_equal(state["w"], [10.0] * 3)
+    assert next(data_iter) == 2
+    _damage(tmp_path / "checkpoints" / "10")
+    assert ckpt.restore_latest(abstract, _iterator) is None
+    ckpt.close()

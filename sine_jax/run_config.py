@@ -1,0 +1,75 @@
+"""The config a workdir was started with, and the check that a rerun uses the same one.
+
+`WORKDIR/config.json` is written when a run starts. Rerunning on the same workdir resumes,
+so the config must match it except for fields that only change the run's length or its
+bookkeeping (RESUMABLE_FIELDS); anything else is refused with the differing fields named,
+unless the user passes `--allow_config_change`.
+"""
+
+import json
+import os
+from typing import Any
+
+from ml_collections import config_dict
+
+from sine_jax.errors import SineError
+
+CONFIG_FILE = "config.json"
+RESUMABLE_FIELDS = (
+    "train.num_epochs",
+    "train.patience",
+    "train.log_every_steps",
+    "eval.batch_size",
+    "eval.item_chunk_size",
+    "data.cache_dir",
+    "checkpoint.keep",
+)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; tuples become lists (as after a JSON round trip)."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Fields (dotted names) whose values differ, run-length fields excepted."""
+    old_flat, new_flat = flatten(old), flatten(new)
+    names = sorted(set(old_flat) | set(new_flat))
+    return [
+        n for n in names
+        if n not in RESUMABLE_FIELDS and old_flat.get(n, "<absent>") != new_flat.get(n, "<absent>")
+    ]
+
+
+def check_or_record(config: config_dict.ConfigDict, workdir: str, *, allow_change: bool) -> None:
+    """Refuses a config that differs from the workdir's recorded one; records it otherwise."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    new = json.loads(config.to_json())
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, ValueError) as e:
+            raise SineError(f"{path}: unreadable ({e}); remove it to start this workdir afresh")
+        fields = differing_fields(old, new)
+        if fields and not allow_change:
+            shown = ", ".join(
+                f"{n}: {flatten(old).get(n, '<absent>')!r} -> {flatten(new).get(n, '<absent>')!r}"
+                for n in fields[:5]
+            )
+            more = f" and {len(fields) - 5} more" if len(fields) > 5 else ""
+            raise SineError(
+                f"{workdir} was started with another config ({shown}{more}); use a new "
+                f"--workdir, or pass --allow_config_change to resume with the new values"
+            )
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(new, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)

@@ -1,0 +1,49 @@
+"""A rerun on a workdir must use the config it was started with (run length aside)."""
+
+import json
+
+import pytest
+
+from configs import synthetic
+from sine_jax import run_config
+from sine_jax.errors import SineError
+
+
+def test_first_run_records_and_same_config_resumes(tmp_path):
+    config = synthetic.get_config()
+    run_config.check_or_record(config, str(tmp_path), allow_change=False)
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    assert recorded["model"]["embed_dim"] == config.model.embed_dim
+    run_config.check_or_record(config, str(tmp_path), allow_change=False)
+
+
+def test_run_length_may_change(tmp_path):
+    config = synthetic.get_config()
+    run_config.check_or_record(config, str(tmp_path), allow_change=False)
+    config.train.num_epochs += 5
+    config.train.patience = 0
+    run_config.check_or_record(config, str(tmp_path), allow_change=False)
+
+
+def test_other_changes_are_refused_with_the_fields_named(tmp_path):
+    config = synthetic.get_config()
+    run_config.check_or_record(config, str(tmp_path), allow_change=False)
+    config.model.num_interests = 2
+    config.train.learning_rate = 0.01
+    with pytest.raises(SineError) as err:
+        run_config.check_or_record(config, str(tmp_path), allow_change=False)
+    message = str(err.value)
+    assert "model.num_interests: 4 -> 2" in message
+    assert "train.learning_rate: 0.001 -> 0.01" in message
+    assert "--allow_config_change" in message and "\n" not in message
+    run_config.check_or_record(config, str(tmp_path), allow_change=True)
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    assert recorded["model"]["num_interests"] == 2
+
+
+def test_placeholder_switches_compare_by_value(tmp_path):
+    config = synthetic.get_config()
+    run_config.check_or_record(config, str(tmp_path), allow_change=False)
+    config.model.assignment = "cosine"
+    with pytest.raises(SineError, match="model.assignment: None -> 'cosine'"):
+        run_config.check_or_record(config, str(tmp_path), allow_change=False)
