@@ -77,6 +77,15 @@ def get_config() -> config_dict.ConfigDict:
     ckpt.every_steps = 1000  # periodic checkpoints (evaluations also checkpoint)
     ckpt.keep = 2  # most recent checkpoints kept; the best one is always kept too
 
+    config.serving = serving = config_dict.ConfigDict()
+    serving.index = "flat"  # --mode=export's faiss index: flat (exact inner product) | hnsw | ivf
+    serving.hnsw_neighbors = 32  # HNSW graph degree (faiss M)
+    serving.hnsw_ef_construction = 200  # HNSW candidate list while building
+    serving.hnsw_ef_search = 128  # HNSW candidate list while searching (at least top_n + history)
+    serving.ivf_lists = 0  # IVF cells; 0 = min(4 sqrt(M), M / 39)
+    serving.ivf_probe = 16  # IVF cells visited per query
+    serving.recall_users = 1000  # validation users for the approximate index's recall@100 at export
+
     config.mesh = mesh = config_dict.ConfigDict()
     mesh.data = -1  # devices on the 'data' axis; -1 = all
     return config

@@ -1,12 +1,16 @@
-"""Command line: `python -m sine_jax.main --config=CONFIG --workdir=DIR [--mode=train|eval]`.
+"""Command line: `python -m sine_jax.main --config=CONFIG --workdir=DIR [--mode=MODE]`.
 
-Any config field can be overridden with `--config.FIELD=VALUE`. Rerunning the same command
-on the same workdir resumes. A problem the user can fix ends with one line on stderr and
-exit code 2.
+Modes: train (the default; rerunning on the same workdir resumes), eval (the best
+checkpoint), export (the best checkpoint to DIR/export, see sine_jax/export.py) and recommend
+(from DIR/export: `--history=ID,ID,...` or `--histories=FILE.jsonl`, one JSON line out per
+history; needs no --config). Any config field can be overridden with
+`--config.FIELD=VALUE`. A problem the user can fix ends with one line on stderr and exit
+code 2.
 """
 
 import json
 import logging as logging_std
+import os
 import sys
 
 from absl import app, flags, logging
@@ -16,8 +20,23 @@ from sine_jax.errors import SineError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, results).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes) or eval.")
-flags.mark_flags_as_required(["config", "workdir"])
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "eval", "export", "recommend"],
+    "train (resumes), eval, export or recommend.",
+)
+_HISTORY = flags.DEFINE_string("history", None, "recommend: original item ids, oldest first.")
+_HISTORIES = flags.DEFINE_string(
+    "histories", None, 'recommend: JSONL file, a list of ids or {"history": [...]} per line.'
+)
+_TOP_N = flags.DEFINE_integer("top_n", 10, "recommend: items per history.")
+_EXPLAIN = flags.DEFINE_bool("explain", False, "recommend: add interests, weights, items.")
+_EXCLUDE_HISTORY = flags.DEFINE_bool(
+    "exclude_history", True, "recommend: leave the history's items out of the results."
+)
+_SKIP_UNKNOWN = flags.DEFINE_bool(
+    "skip_unknown", False, "recommend: drop unknown item ids (listed under 'unknown')."
+)
+flags.mark_flags_as_required(["workdir"])
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -31,19 +50,54 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    from sine_jax import train  # JAX starts here, after flags are parsed
-
-    logging.info("devices: %s", train.jax.devices())
+    mode = _MODE.value
+    if mode == "recommend" and (_HISTORY.value is None) == (_HISTORIES.value is None):
+        raise app.UsageError("--mode=recommend needs exactly one of --history, --histories")
+    if mode != "recommend" and _CONFIG.value is None:
+        raise app.UsageError(f"--mode={mode} needs --config")
     try:
-        if _MODE.value == "train":
-            results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        if mode == "recommend":
+            _recommend()
         else:
-            results = train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+            _run(mode)
     except SineError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def _run(mode: str) -> None:
+    from sine_jax import train  # JAX starts here, after flags are parsed
+
+    logging.info("devices: %s", train.jax.devices())
+    if mode == "export":
+        from sine_jax import export
+
+        export.export_model(_CONFIG.value, _WORKDIR.value)
+        print(json.dumps({"export": os.path.join(_WORKDIR.value, "export")}))
+        return
+    if mode == "train":
+        results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    else:
+        results = train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
     print(json.dumps({"test": results["test"], "valid": results["valid"],
                       "best_step": results["best_step"]}, sort_keys=True))
+
+
+def _recommend() -> None:
+    from sine_jax import serving
+
+    if _HISTORY.value is not None:
+        histories = [({}, serving.parse_history(_HISTORY.value))]
+    else:
+        histories = serving.read_histories(_HISTORIES.value)
+    serving.print_recommendations(
+        os.path.join(_WORKDIR.value, "export"),
+        histories,
+        top_n=_TOP_N.value,
+        exclude_history=_EXCLUDE_HISTORY.value,
+        explain=_EXPLAIN.value,
+        on_unknown="skip" if _SKIP_UNKNOWN.value else "error",
+    )
 
 
 if __name__ == "__main__":

@@ -336,14 +336,18 @@ class _Trainer:
             self.ckpt.save(step, self.state, self.train_iter, self.progress)
         return step
 
-    def evaluate_best(self) -> dict[str, Any]:
-        start_time = time.time()
+    def restore_best_params(self) -> nnx.State:
+        """The parameters of the best checkpoint; sets `self.progress` from the latest one."""
         latest = self.ckpt.latest_step()
         if latest is None:
             raise SineError(f"{self.ckpt.directory}: no checkpoint to evaluate; train first")
         _, self.progress = self.ckpt.restore(latest, self.setup.abstract_state, self.train_iter)
         best = self.ckpt.restore_state(self.progress.best_step, self.setup.abstract_state)
-        return self._final_results(best.params, start_time)
+        return best.params
+
+    def evaluate_best(self) -> dict[str, Any]:
+        start_time = time.time()
+        return self._final_results(self.restore_best_params(), start_time)
 
     def _log(self, step: int, metrics, rate: float, writer: MetricWriter) -> None:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -384,6 +388,30 @@ class _Trainer:
             "seed": cfg.train.seed,
             "wall_seconds": time.time() - start_time,
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """The best checkpoint of a workdir with what it needs to run (see `restore_best`)."""
+
+    setup: Setup
+    params: nnx.State
+    data: dataset_lib.SequenceData
+    best_step: int
+
+
+def restore_best(config: config_dict.ConfigDict, workdir: str) -> TrainedModel:
+    """Loads the dataset of CONFIG and the best checkpoint of WORKDIR (no training).
+
+    Raises:
+      SineError: WORKDIR has no checkpoint, or the data cannot be read.
+    """
+    trainer = _Trainer(config, workdir)
+    try:
+        params = trainer.restore_best_params()
+    finally:
+        trainer.ckpt.close()
+    return TrainedModel(trainer.setup, params, trainer.data, trainer.progress.best_step)
 
 
 def evaluate_checkpoint(config: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:

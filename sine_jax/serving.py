@@ -1,0 +1,438 @@
+"""Recommendations from an export: faiss retrieval index, top-N, explanations.
+
+An export (written by `sine_jax.export`; layout in docs/serving.md) is plain files: a JSON
+manifest, numpy arrays, the user encoder serialised with `jax.export`, and a faiss index. This
+module reads them with numpy, json, jax and faiss only, never the model code.
+
+Shapes: B histories, n the encoder's window (max_seq_len), K interests, D dim, M items.
+Ids: "item ids" are the dataset's original ids. Rows 0..M-1 index `item_ids.npy` and
+`item_embeddings.npy` and label the faiss index; the encoder takes row + 1, 0 = padding.
+
+Rules:
+- A history lists original item ids, oldest first. The encoder sees its last n known items;
+  excluding the history (the default, as the evaluation's `eval.mask_history`) removes all of
+  its items from the results.
+- An id that is not in the catalogue: `on_unknown="error"` (default) raises UnknownItemError
+  naming it; `"skip"` drops it, and the result lists the dropped ids under "unknown". A history
+  left with no known item then gets empty "items" and "scores". An empty history is an error.
+- Scores are the inner product of the user vector and the item embedding (the model's logit).
+"""
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from typing import IO, Any
+
+import faiss
+import jax
+import numpy as np
+
+from sine_jax.errors import ConfigError, DataError, SineError
+
+MANIFEST = "manifest.json"
+FORMAT = "sine_jax-export"
+FORMAT_VERSION = 1
+INDEX_KINDS = ("flat", "hnsw", "ivf")
+ON_UNKNOWN = ("error", "skip")
+MAX_BATCH = 256  # histories encoded at once; smaller batches are padded to a power of two
+
+
+class UnknownItemError(SineError):
+    """A history holds an item id that is not in the export's catalogue."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Index.
+
+
+def default_ivf_lists(num_items: int) -> int:
+    """IVF cells: 4 sqrt(M), at most M / 39 (faiss wants >= 39 training points per cell)."""
+    return max(1, min(int(4 * np.sqrt(num_items)), num_items // 39))
+
+
+def build_index(
+    embeddings: np.ndarray,
+    kind: str = "flat",
+    *,
+    hnsw_neighbors: int = 32,
+    hnsw_ef_construction: int = 200,
+    ivf_lists: int = 0,
+    seed: int = 0,
+) -> faiss.Index:
+    """A faiss inner-product index over the item embeddings; the label of row r is r.
+
+    Args:
+        embeddings: float32 [M, D].
+        kind: "flat" (exact), "hnsw" (graph) or "ivf" (inverted lists over k-means cells).
+        hnsw_neighbors: HNSW graph degree (faiss M).
+        hnsw_ef_construction: HNSW candidate list while building.
+        ivf_lists: IVF cells; 0 = `default_ivf_lists(M)`.
+        seed: k-means seed (IVF).
+
+    Returns:
+        The index, with every row added.
+
+    Raises:
+        ConfigError: an unknown kind.
+    """
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    num_items, dim = x.shape
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, hnsw_neighbors, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = hnsw_ef_construction
+    elif kind == "ivf":
+        lists = ivf_lists or default_ivf_lists(num_items)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.train(x)
+    else:
+        raise ConfigError(f"serving.index={kind!r} is not one of {', '.join(INDEX_KINDS)}")
+    index.add(x)
+    return index
+
+
+def search(
+    index: faiss.Index, queries: np.ndarray, k: int, *, ef_search: int = 128, probe: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best rows of each query by inner product (descending).
+
+    Args:
+        index: from `build_index` (or `faiss.read_index`).
+        queries: float32 [B, D].
+        k: results per query.
+        ef_search: HNSW candidate list (raised to k when smaller).
+        probe: IVF cells visited.
+
+    Returns:
+        scores float32 [B, k], rows int64 [B, k]; -1 rows (score -inf or garbage) where an
+        approximate index found fewer than k.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW(efSearch=max(ef_search, k))
+    elif isinstance(inner, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF(nprobe=probe)
+    else:
+        params = None
+    return index.search(queries, k, params=params)
+
+
+def recall_against_exact(
+    index: faiss.Index, embeddings: np.ndarray, queries: np.ndarray, k: int = 100, **search_args
+) -> float:
+    """Mean |approximate top-k intersect exact top-k| / k over the queries [B, D]."""
+    exact = faiss.IndexFlatIP(embeddings.shape[1])
+    exact.add(np.ascontiguousarray(embeddings, dtype=np.float32))
+    k = min(k, embeddings.shape[0])
+    _, truth = exact.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    _, found = search(index, queries, k, **search_args)
+    hits = [len(np.intersect1d(t, f[f >= 0])) for t, f in zip(truth, found)]
+    return float(np.mean(hits)) / k
+
+
+# ---------------------------------------------------------------------------------------------
+# Recommender.
+
+
+class Recommender:
+    """Top-N items and explanations for histories of original item ids, from an export.
+
+    Attributes:
+        manifest: the export's manifest.json.
+        item_ids: int64 [M] original id of each row.
+        item_embeddings: float32 [M, D].
+        prototypes: float32 [L, D], the concept prototypes C.
+        titles: [M] item titles, or None when the dataset had no metadata.
+        index: the faiss index (labels = rows).
+    """
+
+    def __init__(self, export_dir: str):
+        path = os.path.join(export_dir, MANIFEST)
+        if not os.path.isfile(path):
+            raise SineError(f"{export_dir}: no {MANIFEST}; write one with --mode=export")
+        with open(path) as f:
+            self.manifest = json.load(f)
+        version = (self.manifest.get("format"), self.manifest.get("format_version"))
+        if version != (FORMAT, FORMAT_VERSION):
+            raise SineError(f"{path}: not a {FORMAT} version {FORMAT_VERSION} manifest")
+        files = self.manifest["files"]
+
+        def file(name: str) -> str:
+            return os.path.join(export_dir, files[name]["path"])
+
+        self.item_ids = np.load(file("item_ids"))
+        self.item_embeddings = np.load(file("item_embeddings"))
+        self.prototypes = np.load(file("prototypes"))
+        self.titles = None
+        if "item_metadata" in files:
+            with open(file("item_metadata")) as f:
+                self.titles = json.load(f)["titles"]
+        with open(file("encoder"), "rb") as f:
+            self.encoder = jax.export.deserialize(bytearray(f.read()))
+        self.index = faiss.read_index(file("index"))
+        self.max_seq_len = int(self.manifest["max_seq_len"])
+        index_info = self.manifest["index"]
+        self._search_args = {
+            "ef_search": index_info.get("hnsw_ef_search", 128),
+            "probe": index_info.get("ivf_probe", 16),
+        }
+        self._order = np.argsort(self.item_ids, kind="stable")
+        self._sorted_ids = self.item_ids[self._order]
+        self._table = jax.device_put(self.item_embeddings)  # transferred once, not per call
+        self._encode = jax.jit(self.encoder.call)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    def rows(self, history: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(rows int64 [<= len] of the known ids in order, unknown ids int64 [...])."""
+        ids = np.asarray(list(history), dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self._sorted_ids, ids), self.num_items - 1)
+        known = self._sorted_ids[pos] == ids
+        return self._order[pos[known]], ids[~known]
+
+    def encode_rows(self, rows: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs the exported encoder on histories given as rows (each oldest first).
+
+        Returns:
+            window int32 [B, n] (rows + 1 of the last n items, left-padded with 0),
+            user_vector [B, D], interests [B, K, D], interest_weights [B, K] (e_k),
+            prototype_ids int32 [B, K], assignment [B, n, K] (P(k|t)).
+        """
+        n = self.max_seq_len
+        window = np.zeros((len(rows), n), np.int32)
+        for b, r in enumerate(rows):
+            last = np.asarray(r[-n:], np.int64)
+            if len(last):
+                window[b, n - len(last) :] = last + 1
+        parts = []
+        for start in range(0, len(rows), MAX_BATCH):
+            chunk = window[start : start + MAX_BATCH]
+            size = min(MAX_BATCH, 1 << (len(chunk) - 1).bit_length())  # few distinct shapes
+            padded = np.pad(chunk, ((0, size - len(chunk)), (0, 0)))
+            out = jax.device_get(self._encode(self._table, padded))
+            parts.append({k: v[: len(chunk)] for k, v in out.items()})
+        outputs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+        return {"window": window, **outputs}
+
+    def search(
+        self, user_vectors: np.ndarray, top_n: int, exclude: Sequence[np.ndarray] | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Top-N rows of each user vector, without the rows in its exclusion list.
+
+        Args:
+            user_vectors: float32 [B, D].
+            top_n: N.
+            exclude: per user, rows to leave out (or None).
+
+        Returns:
+            Per user: (rows int64 [<= N], scores float32 [<= N]), best first; fewer than N only
+            when the catalogue (or an approximate index) has fewer candidates.
+        """
+        if len(user_vectors) == 0:
+            return []
+        exclude = [np.unique(e) for e in exclude] if exclude is not None else None
+        extra = max((len(e) for e in exclude), default=0) if exclude is not None else 0
+        k = min(top_n + extra, self.num_items)
+        scores, rows = search(self.index, user_vectors, k, **self._search_args)
+        results = []
+        for b in range(len(user_vectors)):
+            keep = rows[b] >= 0
+            if exclude is not None:
+                keep &= ~np.isin(rows[b], exclude[b])
+            results.append((rows[b][keep][:top_n], scores[b][keep][:top_n]))
+        return results
+
+    def lookup(
+        self, histories: Sequence[Sequence[int]], on_unknown: str = "error"
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Rows of each history's known ids and its unknown ids (the module's rules).
+
+        Raises:
+            UnknownItemError: an unknown id with on_unknown="error" (names history and id).
+            SineError: an empty history or a bad on_unknown.
+        """
+        if on_unknown not in ON_UNKNOWN:
+            raise SineError(f"on_unknown={on_unknown!r} is not one of {', '.join(ON_UNKNOWN)}")
+        rows, unknown = [], []
+        for i, history in enumerate(histories):
+            if len(history) == 0:
+                raise SineError(f"history {i + 1} is empty")
+            known, missing = self.rows(history)
+            if len(missing) and on_unknown == "error":
+                raise UnknownItemError(
+                    f"history {i + 1}: item id {missing[0]} is not among the {self.num_items} "
+                    f"items of the export; --skip_unknown (on_unknown='skip') drops unknown ids"
+                )
+            rows.append(known)
+            unknown.append(missing)
+        return rows, unknown
+
+    def recommend(
+        self,
+        histories: Sequence[Sequence[int]],
+        *,
+        top_n: int = 10,
+        exclude_history: bool = True,
+        explain: bool = False,
+        on_unknown: str = "error",
+    ) -> list[dict[str, Any]]:
+        """Top-N original item ids with scores for each history (see the module docstring).
+
+        Args:
+            histories: per user, original item ids, oldest first.
+            top_n: N.
+            exclude_history: leave the history's items out of the results.
+            explain: add the K activated prototypes, their weights e_k (sum 1) and the items
+                of the encoder's window assigned to each (argmax_k P(k|t)), in slot order.
+            on_unknown: "error" or "skip".
+
+        Returns:
+            Per history: {"items": [ids], "scores": [floats]}, plus "explain":
+            {"interests": [{"prototype", "weight", "items"} x K]} when asked, plus "unknown":
+            [ids] with on_unknown="skip".
+
+        Raises:
+            UnknownItemError: an unknown id with on_unknown="error".
+            SineError: an empty history, top_n < 1 or a bad on_unknown.
+        """
+        if top_n < 1:
+            raise SineError(f"top_n={top_n} must be >= 1")
+        rows, unknown = self.lookup(histories, on_unknown)
+        active = [i for i, r in enumerate(rows) if len(r)]
+        encoded = self.encode_rows([rows[i] for i in active])
+        found = self.search(
+            encoded.get("user_vector", np.zeros((0, 1), np.float32)),
+            top_n,
+            [rows[i] for i in active] if exclude_history else None,
+        )
+        results = [{"items": [], "scores": []} for _ in rows]
+        for j, i in enumerate(active):
+            top_rows, scores = found[j]
+            results[i] = {
+                "items": self.item_ids[top_rows].tolist(),
+                "scores": [float(s) for s in scores],
+            }
+            if explain:
+                results[i]["explain"] = self._explain(encoded, j)
+        for i, result in enumerate(results):
+            if explain and "explain" not in result:
+                result["explain"] = {"interests": []}
+            if on_unknown == "skip":
+                result["unknown"] = unknown[i].tolist()
+        return results
+
+    def _explain(self, encoded: dict[str, np.ndarray], b: int) -> dict[str, Any]:
+        """The activated interests of user b: prototype, weight e_k, assigned window items."""
+        window = encoded["window"][b]  # [n] rows + 1
+        valid = window > 0
+        slot = np.argmax(encoded["assignment"][b], axis=-1)  # [n]
+        interests = []
+        for k, (proto, weight) in enumerate(
+            zip(encoded["prototype_ids"][b], encoded["interest_weights"][b])
+        ):
+            members = window[valid & (slot == k)] - 1
+            interests.append(
+                {
+                    "prototype": int(proto),
+                    "weight": float(weight),
+                    "items": self.item_ids[members].tolist(),
+                }
+            )
+        return {"interests": interests}
+
+    def item_titles(self, item_ids: Iterable[int]) -> list[str]:
+        """Titles of original item ids ("" when unknown or without metadata)."""
+        out = []
+        for item in item_ids:
+            rows, _ = self.rows([item])
+            out.append(self.titles[rows[0]] if self.titles is not None and len(rows) else "")
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line (`--mode=recommend`).
+
+
+def parse_history(text: str) -> list[int]:
+    """Parses "3,17,5" into [3, 17, 5] (original item ids, oldest first)."""
+    ids = []
+    for token in text.split(","):
+        token = token.strip()
+        try:
+            ids.append(int(token))
+        except ValueError:
+            raise DataError(f"--history: {token!r} is not an integer item id") from None
+    return ids
+
+
+def read_histories(path: str) -> list[tuple[dict[str, Any], list[int]]]:
+    """Reads a JSONL file of histories; blank lines are skipped.
+
+    Each line is a JSON array of original item ids (oldest first), or an object with such an
+    array under "history"; the object's other keys (e.g. "user") are copied to the output.
+
+    Returns:
+        Per history: (keys to copy, item ids).
+
+    Raises:
+        DataError: `path:line: reason` for a bad line, or `path: reason`.
+    """
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise DataError(f"{path}: {e.strerror}") from None
+    histories = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{number}: not JSON ({e.msg})") from None
+        extra = {}
+        if isinstance(value, dict):
+            extra = {k: v for k, v in value.items() if k != "history"}
+            value = value.get("history")
+        if not isinstance(value, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in value
+        ):
+            raise DataError(
+                f'{path}:{number}: expected a list of integer item ids or {{"history": [...]}}'
+            )
+        histories.append((extra, value))
+    return histories
+
+
+def print_recommendations(
+    export_dir: str,
+    histories: Sequence[tuple[dict[str, Any], list[int]]],
+    *,
+    top_n: int,
+    exclude_history: bool,
+    explain: bool,
+    on_unknown: str,
+    out: IO[str] = sys.stdout,
+) -> None:
+    """Prints one JSON object per history (its copied keys, then `Recommender.recommend`'s)."""
+    recommender = Recommender(export_dir)
+    recommender.lookup([ids for _, ids in histories], on_unknown)  # errors before any output
+    step = 4 * MAX_BATCH
+    for start in range(0, len(histories), step):
+        chunk = histories[start : start + step]
+        results = recommender.recommend(
+            [ids for _, ids in chunk],
+            top_n=top_n,
+            exclude_history=exclude_history,
+            explain=explain,
+            on_unknown=on_unknown,
+        )
+        for (extra, _), result in zip(chunk, results):
+            out.write(json.dumps({**extra, **result}) + "\n")
+        out.flush()

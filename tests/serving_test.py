@@ -1,0 +1,361 @@
+"""Export, retrieval index, recommend and explain (sine_jax/export.py, sine_jax/serving.py)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import faiss
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from train_test import REPO, tiny_config
+
+from sine_jax import evaluate, export, serving, train
+from sine_jax.data import pipeline
+from sine_jax.errors import ConfigError, DataError, SineError
+
+# The command-line form of tiny_config() (what `export` needs to rebuild the same model).
+TINY_ARGS = (
+    "--config=configs/synthetic.py",
+    "--config.data.synthetic.num_users=300",
+    "--config.data.synthetic.num_items=200",
+    "--config.data.synthetic.num_categories=10",
+    "--config.model.embed_dim=16",
+    "--config.model.num_prototypes=10",
+    "--config.train.batch_size=64",
+    "--config.train.num_epochs=2",
+    "--config.eval.every_steps=40",
+)
+
+
+def _cli(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
+    return subprocess.run(
+        [sys.executable, "-m", "sine_jax.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A trained tiny model, exported with the command line: (workdir, TrainedModel)."""
+    workdir = str(tmp_path_factory.mktemp("serving"))
+    train.train_and_evaluate(tiny_config(), workdir)
+    proc = _cli(*TINY_ARGS, f"--workdir={workdir}", "--mode=export")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"export": f"{workdir}/export"}
+    return workdir, train.restore_best(tiny_config(), workdir)
+
+
+@pytest.fixture(scope="module")
+def recommender(run):
+    return serving.Recommender(os.path.join(run[0], "export"))
+
+
+def _valid_histories(trained):
+    """Per user, the validation input (the whole training sequence) in original ids."""
+    data = trained.data
+    return [data.item_raw_ids[data.train_sequence(u)].tolist() for u in range(data.num_users)]
+
+
+def test_export_reloads_without_sine_jax(run, tmp_path):
+    workdir, trained = run
+    arrays = pipeline.eval_arrays(trained.data, "valid", max_seq_len=20)
+    np.save(tmp_path / "history.npy", arrays["history"])
+    script = textwrap.dedent(
+        """
+        import importlib.abc, json, sys
+
+        class NoSineJax(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] == "sine_jax":
+                    raise ImportError("sine_jax must not be needed")
+
+        sys.meta_path.insert(0, NoSineJax())
+        import faiss, jax, numpy as np
+
+        export_dir, out = sys.argv[1], sys.argv[2]
+        with open(f"{export_dir}/manifest.json") as f:
+            manifest = json.load(f)
+        files = manifest["files"]
+        arrays = {
+            name: np.load(f"{export_dir}/{files[name]['path']}")
+            for name in ("item_ids", "item_embeddings", "prototypes")
+        }
+        for name, array in arrays.items():
+            assert list(array.shape) == files[name]["shape"], name
+            assert str(array.dtype) == files[name]["dtype"], name
+        with open(f"{export_dir}/{files['encoder']['path']}", "rb") as f:
+            encoder = jax.export.deserialize(bytearray(f.read()))
+        history = np.load(f"{out}/history.npy")
+        encoded = encoder.call(arrays["item_embeddings"], history)
+        index = faiss.read_index(f"{export_dir}/{files['index']['path']}")
+        scores, rows = index.search(np.asarray(encoded["user_vector"]), 10)
+        np.savez(f"{out}/loaded.npz", **arrays, user_vector=encoded["user_vector"],
+                 interest_weights=encoded["interest_weights"], rows=rows, scores=scores)
+        assert not any(m.split(".")[0] == "sine_jax" for m in sys.modules)
+        """
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", script, os.path.join(workdir, "export"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = np.load(tmp_path / "loaded.npz")
+    params = trained.params
+    np.testing.assert_array_equal(
+        loaded["item_embeddings"], np.asarray(params["item_embedding"][...])[1:]
+    )
+    np.testing.assert_array_equal(loaded["prototypes"], np.asarray(params["prototypes"][...]))
+    np.testing.assert_array_equal(loaded["item_ids"], trained.data.item_raw_ids[1:])
+    user_vectors, table = train.encode(trained.setup, params, jnp.asarray(arrays["history"]))
+    np.testing.assert_allclose(loaded["user_vector"], user_vectors, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(loaded["interest_weights"].sum(-1), 1.0, rtol=1e-5)
+    scores = np.asarray(user_vectors @ table[1:].T)  # [U, M]
+    np.testing.assert_allclose(
+        loaded["scores"], np.take_along_axis(scores, loaded["rows"], axis=1), rtol=1e-4, atol=1e-5
+    )
+
+
+def _evaluation_top_n(trained, history, exclude, top_n):
+    """Top-N original ids by the evaluation code's scores (train.encode), ties by id."""
+    user_vectors, table = train.encode(trained.setup, trained.params, jnp.asarray(history))
+    scores = np.array(user_vectors @ table.T)  # [U, M + 1]
+    scores[:, 0] = -np.inf  # padding
+    if exclude is not None:
+        np.put_along_axis(scores, exclude, -np.inf, axis=1)  # padding 0 again: harmless
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :top_n]
+    return trained.data.item_raw_ids[top], np.take_along_axis(scores, top, axis=1)
+
+
+@pytest.mark.parametrize("exclude_history", [True, False])
+def test_recommend_reproduces_the_evaluation_ranking(run, recommender, exclude_history):
+    _, trained = run
+    arrays = pipeline.eval_arrays(trained.data, "valid", max_seq_len=20)
+    top_n = 20
+    results = recommender.recommend(
+        _valid_histories(trained), top_n=top_n, exclude_history=exclude_history
+    )
+    expected_ids, expected_scores = _evaluation_top_n(
+        trained, arrays["history"], arrays["exclude"] if exclude_history else None, top_n
+    )
+    got_ids = np.array([r["items"] for r in results])
+    got_scores = np.array([r["scores"] for r in results])
+    np.testing.assert_allclose(got_scores, expected_scores, rtol=1e-5, atol=1e-5)
+    # Identical lists, except where two items' scores tie to float precision.
+    differ = got_ids != expected_ids
+    assert differ.mean() < 0.01
+    assert np.all(np.abs(got_scores - expected_scores)[differ] < 1e-5)
+
+    # The evaluation's target ranks agree with the positions in the recommended lists.
+    rank_fn = evaluate.make_rank_fn(
+        lambda p, h: train.encode(trained.setup, p, h),
+        trained.setup.mesh,
+        mask_history=exclude_history,
+        chunk_size=64,
+    )
+    ranks = evaluate.compute_ranks(
+        rank_fn, trained.params, arrays, batch_size=64, mesh=trained.setup.mesh
+    )
+    # (The evaluation never excludes the target, even when the history holds it too.)
+    repeat = np.any(arrays["exclude"] == arrays["target"][:, None], axis=1) & exclude_history
+    targets = trained.data.item_raw_ids[arrays["target"]]
+    for rank, target, items in zip(ranks[~repeat], targets[~repeat], got_ids[~repeat]):
+        if target in items:
+            assert rank == list(items).index(target) + 1
+        else:
+            assert rank > top_n
+    assert np.any(ranks <= top_n)
+
+
+def test_exclude_history_removes_every_history_item(run, recommender):
+    _, trained = run
+    histories = _valid_histories(trained)[:50]
+    for history, result in zip(histories, recommender.recommend(histories, top_n=30)):
+        assert len(result["items"]) == 30
+        assert not set(history) & set(result["items"])
+        assert result["scores"] == sorted(result["scores"], reverse=True)
+
+
+def test_explanation(run, recommender):
+    _, trained = run
+    histories = _valid_histories(trained)[:40]
+    results = recommender.recommend(histories, top_n=5, explain=True)
+    k, num_prototypes = 4, 10
+    for history, result in zip(histories, results):
+        interests = result["explain"]["interests"]
+        assert len(interests) == k
+        weights = [i["weight"] for i in interests]
+        assert sum(weights) == pytest.approx(1.0, abs=1e-5)
+        assert all(w >= 0 for w in weights)
+        prototypes = [i["prototype"] for i in interests]
+        assert len(set(prototypes)) == k and all(0 <= p < num_prototypes for p in prototypes)
+        # Every item of the encoder's window (the last 20) is assigned to exactly one interest.
+        assigned = sorted(item for i in interests for item in i["items"])
+        assert assigned == sorted(history[-20:])
+
+
+def test_explanation_matches_the_model(run, recommender):
+    _, trained = run
+    arrays = pipeline.eval_arrays(trained.data, "valid", max_seq_len=20)
+    model = nnx.merge(trained.setup.graphdef, trained.params, trained.setup.rest)
+    encoding = model(jnp.asarray(arrays["history"][:8]))
+    results = recommender.recommend(_valid_histories(trained)[:8], explain=True)
+    for b, result in enumerate(results):
+        interests = result["explain"]["interests"]
+        assert [i["prototype"] for i in interests] == encoding.prototype_ids[b].tolist()
+        np.testing.assert_allclose(
+            [i["weight"] for i in interests], encoding.interest_weights[b], atol=1e-5
+        )
+        slot = np.argmax(np.asarray(encoding.assignment[b]), axis=-1)
+        window = arrays["history"][b]
+        for k, interest in enumerate(interests):
+            members = window[(window > 0) & (slot == k)]
+            assert interest["items"] == trained.data.item_raw_ids[members].tolist()
+
+
+def test_unknown_item_ids(recommender):
+    known = recommender.item_ids[:3].tolist()
+    unknown = int(recommender.item_ids.max()) + 7
+    with pytest.raises(serving.UnknownItemError, match=f"history 2: item id {unknown} "):
+        recommender.recommend([known, [known[0], unknown]])
+    skipped = recommender.recommend(
+        [[unknown, *known], known, [unknown]], on_unknown="skip", explain=True
+    )
+    plain = recommender.recommend([known])[0]
+    assert skipped[0]["unknown"] == [unknown] and skipped[1]["unknown"] == []
+    assert skipped[0]["items"] == plain["items"] == skipped[1]["items"]
+    assert skipped[2] == {
+        "items": [],
+        "scores": [],
+        "explain": {"interests": []},
+        "unknown": [unknown],
+    }
+    with pytest.raises(SineError, match="history 1 is empty"):
+        recommender.recommend([[]])
+    with pytest.raises(SineError, match="on_unknown"):
+        recommender.recommend([known], on_unknown="ignore")
+
+
+def test_top_n_larger_than_the_catalogue(recommender):
+    history = recommender.item_ids[:5].tolist()
+    (result,) = recommender.recommend([history], top_n=10_000)
+    assert len(result["items"]) == recommender.num_items - 5
+    (result,) = recommender.recommend([history], top_n=10_000, exclude_history=False)
+    assert sorted(result["items"]) == sorted(recommender.item_ids.tolist())
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_index_records_its_recall(run, tmp_path, kind):
+    _, trained = run
+    config = tiny_config()
+    config.serving.index = kind
+    config.serving.ivf_probe = 2
+    manifest = export.write_export(str(tmp_path / "export"), trained, config)
+    info = manifest["index"]
+    assert info["kind"] == kind and info["recall_users"] == 300
+    assert 0.0 < info["recall_at_100"] <= 1.0
+    rec = serving.Recommender(str(tmp_path / "export"))
+    assert isinstance(faiss.downcast_index(rec.index), (faiss.IndexHNSW, faiss.IndexIVF))
+    histories = _valid_histories(trained)[:20]
+    for result in rec.recommend(histories, top_n=10):
+        assert 0 < len(result["items"]) <= 10
+
+
+def test_index_kinds_and_recall():
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(2000, 16)).astype(np.float32)
+    queries = rng.normal(size=(50, 16)).astype(np.float32)
+    exact = serving.build_index(embeddings)
+    assert serving.recall_against_exact(exact, embeddings, queries, 100) == 1.0
+    hnsw = serving.build_index(embeddings, "hnsw")
+    assert serving.recall_against_exact(hnsw, embeddings, queries, 100, ef_search=400) > 0.9
+    ivf = serving.build_index(embeddings, "ivf", ivf_lists=20)
+    full = serving.recall_against_exact(ivf, embeddings, queries, 100, probe=20)
+    assert full == 1.0  # every cell visited: exact
+    assert serving.recall_against_exact(ivf, embeddings, queries, 100, probe=1) < full
+    with pytest.raises(ConfigError, match="serving.index='annoy'"):
+        serving.build_index(embeddings, "annoy")
+
+
+def test_missing_export_is_a_clear_error(tmp_path):
+    with pytest.raises(SineError, match="no manifest.json; write one with --mode=export"):
+        serving.Recommender(str(tmp_path))
+
+
+def test_read_histories(tmp_path):
+    path = tmp_path / "h.jsonl"
+    path.write_text('[1, 2, 3]\n\n{"user": "u7", "history": [4]}\n')
+    assert serving.read_histories(str(path)) == [({}, [1, 2, 3]), ({"user": "u7"}, [4])]
+    path.write_text('[1, 2]\n{"history": [1, "x"]}\n')
+    with pytest.raises(DataError, match=r"h.jsonl:2: expected a list of integer item ids"):
+        serving.read_histories(str(path))
+    path.write_text("[1, 2\n")
+    with pytest.raises(DataError, match=r"h.jsonl:1: not JSON"):
+        serving.read_histories(str(path))
+    assert serving.parse_history("3, 17,5") == [3, 17, 5]
+    with pytest.raises(DataError, match="'x' is not an integer item id"):
+        serving.parse_history("3,x")
+
+
+def test_cli_recommend(run, recommender, tmp_path):
+    workdir, trained = run
+    histories = _valid_histories(trained)[:3]
+    history = ",".join(map(str, histories[0]))
+    proc = _cli(
+        f"--workdir={workdir}", "--mode=recommend", f"--history={history}", "--top_n=7", "--explain"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = proc.stdout.splitlines()
+    result = json.loads(line)
+    expected = recommender.recommend(histories[:1], top_n=7, explain=True)[0]
+    assert result == json.loads(json.dumps(expected))
+    assert len(result["items"]) == 7 and len(result["explain"]["interests"]) == 4
+
+    path = tmp_path / "histories.jsonl"
+    unknown = int(recommender.item_ids.max()) + 1
+    path.write_text(
+        json.dumps({"user": 1, "history": histories[1]})
+        + "\n"
+        + json.dumps(histories[2] + [unknown])
+        + "\n"
+    )
+    proc = _cli(
+        f"--workdir={workdir}",
+        "--mode=recommend",
+        f"--histories={path}",
+        "--skip_unknown",
+        "--noexclude_history",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert lines[0]["user"] == 1 and lines[0]["unknown"] == [] and len(lines[0]["items"]) == 10
+    assert lines[1]["unknown"] == [unknown]
+    assert (
+        lines[1]["items"]
+        == recommender.recommend(histories[2:3], exclude_history=False)[0]["items"]
+    )
+
+    proc = _cli(f"--workdir={workdir}", "--mode=recommend", f"--histories={path}")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: history 2: item id {unknown} is not among the {recommender.num_items} items "
+        "of the export; --skip_unknown (on_unknown='skip') drops unknown ids"
+    )
+    proc = _cli(f"--workdir={tmp_path}", "--mode=recommend", "--history=1")
+    assert proc.returncode == 2 and "no manifest.json" in proc.stderr
+    assert "Traceback" not in proc.stderr
