@@ -84,7 +84,7 @@ def get_config() -> config_dict.ConfigDict:
     serving.hnsw_ef_search = 128  # HNSW candidate list while searching (at least top_n + history)
     serving.ivf_lists = 0  # IVF cells; 0 = min(4 sqrt(M), M / 39)
     serving.ivf_probe = 16  # IVF cells visited per query
-    serving.recall_users = 1000  # validation users for the approximate index's recall@100 at export
+    serving.recall_users = 1000  # validation users for an approximate index's recall@100 (0 = skip)
 
     config.mesh = mesh = config_dict.ConfigDict()
     mesh.data = -1  # devices on the 'data' axis; -1 = all

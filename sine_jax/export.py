@@ -33,6 +33,7 @@ from ml_collections import config_dict
 
 from sine_jax import serving, train
 from sine_jax.data import pipeline
+from sine_jax.errors import ConfigError
 
 PLATFORMS = ("cpu", "cuda")
 ENCODER_OUTPUTS = ("user_vector", "interests", "interest_weights", "prototype_ids", "assignment")
@@ -73,6 +74,7 @@ def export_encoder(
 
 def export_model(config: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
     """Writes WORKDIR/export from the best checkpoint; returns the manifest."""
+    check_serving_config(config)
     trained = train.restore_best(config, workdir)
     return write_export(os.path.join(workdir, "export"), trained, config, workdir=workdir)
 
@@ -91,15 +93,46 @@ def write_export(
         trained: the model, its parameters and its dataset.
         config: the run's config (its `serving` fields choose the index).
         workdir: the run's directory; its results.json metrics go into the manifest.
+
+    Raises:
+        ConfigError: a bad `serving` field.
     """
+    check_serving_config(config)
+    tmp = f"{export_dir}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        manifest = _write_files(tmp, trained, config, workdir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _replace_dir(tmp, export_dir)
+    return manifest
+
+
+def check_serving_config(config: config_dict.ConfigDict) -> None:
+    """Raises ConfigError naming the first bad `serving` field."""
+    serving_config = config.serving
+    if serving_config.index not in serving.INDEX_KINDS:
+        kinds = ", ".join(serving.INDEX_KINDS)
+        raise ConfigError(f"serving.index={serving_config.index!r} is not one of {kinds}")
+    for field in ("hnsw_neighbors", "hnsw_ef_construction", "hnsw_ef_search", "ivf_probe"):
+        if serving_config[field] < 1:
+            raise ConfigError(f"serving.{field}={serving_config[field]} must be >= 1")
+    for field in ("ivf_lists", "recall_users"):
+        if serving_config[field] < 0:
+            raise ConfigError(f"serving.{field}={serving_config[field]} must be >= 0")
+
+
+def _write_files(
+    tmp: str, trained: train.TrainedModel, config: config_dict.ConfigDict, workdir: str | None
+) -> dict[str, Any]:
+    """Writes every file of the export into `tmp`; returns the manifest."""
     data, params = trained.data, trained.params
     table = np.asarray(params["item_embedding"][...], np.float32)[1:]  # [M, D]
     prototypes = np.asarray(params["prototypes"][...], np.float32)  # [L, D]
     num_items, dim = table.shape
     n = config.model.max_seq_len
-    tmp = f"{export_dir}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     files = {}
 
     def save_array(name: str, array: np.ndarray) -> None:
@@ -152,7 +185,7 @@ def write_export(
         "hnsw_ef_search": serving_config.hnsw_ef_search,
         "ivf_probe": serving_config.ivf_probe,
     }
-    if serving_config.index != "flat":
+    if serving_config.index != "flat" and serving_config.recall_users:
         index_info["recall_at_100"] = _validation_recall(
             encoder, table, index, data, n, serving_config
         )
@@ -175,7 +208,6 @@ def write_export(
         "environment": train.environment(),
     }
     train.write_json_atomic(os.path.join(tmp, serving.MANIFEST), manifest)
-    _replace_dir(tmp, export_dir)
     return manifest
 
 

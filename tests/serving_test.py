@@ -276,6 +276,19 @@ def test_approximate_index_records_its_recall(run, tmp_path, kind):
         assert 0 < len(result["items"]) <= 10
 
 
+def test_bad_serving_config_writes_nothing(run, tmp_path):
+    _, trained = run
+    config = tiny_config()
+    config.serving.index = "annoy"
+    with pytest.raises(ConfigError, match="serving.index='annoy' is not one of flat, hnsw, ivf"):
+        export.write_export(str(tmp_path / "export"), trained, config)
+    config = tiny_config()
+    config.serving.ivf_probe = 0
+    with pytest.raises(ConfigError, match="serving.ivf_probe=0 must be >= 1"):
+        export.write_export(str(tmp_path / "export"), trained, config)
+    assert os.listdir(tmp_path) == []
+
+
 def test_index_kinds_and_recall():
     rng = np.random.default_rng(0)
     embeddings = rng.normal(size=(2000, 16)).astype(np.float32)
