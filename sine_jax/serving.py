@@ -234,8 +234,6 @@ class Recommender:
             Per user: (rows int64 [<= N], scores float32 [<= N]), best first; fewer than N only
             when the catalogue (or an approximate index) has fewer candidates.
         """
-        if len(user_vectors) == 0:
-            return []
         exclude = [np.unique(e) for e in exclude] if exclude is not None else None
         extra = max((len(e) for e in exclude), default=0) if exclude is not None else 0
         k = min(top_n + extra, self.num_items)
@@ -304,27 +302,24 @@ class Recommender:
         if top_n < 1:
             raise SineError(f"top_n={top_n} must be >= 1")
         rows, unknown = self.lookup(histories, on_unknown)
-        active = [i for i, r in enumerate(rows) if len(r)]
-        encoded = self.encode_rows([rows[i] for i in active])
-        found = self.search(
-            encoded.get("user_vector", np.zeros((0, 1), np.float32)),
-            top_n,
-            [rows[i] for i in active] if exclude_history else None,
-        )
         results = [{"items": [], "scores": []} for _ in rows]
-        for j, i in enumerate(active):
-            top_rows, scores = found[j]
-            results[i] = {
-                "items": self.item_ids[top_rows].tolist(),
-                "scores": [float(s) for s in scores],
-            }
-            if explain:
-                results[i]["explain"] = self._explain(encoded, j)
-        for i, result in enumerate(results):
-            if explain and "explain" not in result:
+        if explain:
+            for result in results:
                 result["explain"] = {"interests": []}
-            if on_unknown == "skip":
-                result["unknown"] = unknown[i].tolist()
+        active = [i for i, r in enumerate(rows) if len(r)]  # histories with a known item
+        if active:
+            encoded = self.encode_rows([rows[i] for i in active])
+            exclude = [rows[i] for i in active] if exclude_history else None
+            found = self.search(encoded["user_vector"], top_n, exclude)
+            for j, i in enumerate(active):
+                top_rows, scores = found[j]
+                results[i]["items"] = self.item_ids[top_rows].tolist()
+                results[i]["scores"] = [float(s) for s in scores]
+                if explain:
+                    results[i]["explain"] = self._explain(encoded, j)
+        if on_unknown == "skip":
+            for result, missing in zip(results, unknown):
+                result["unknown"] = missing.tolist()
         return results
 
     def _explain(self, encoded: dict[str, np.ndarray], b: int) -> dict[str, Any]:
