@@ -1,8 +1,11 @@
 """Tests for sine_jax.data.readers."""
 
+import dataclasses
+import datetime
 import os
 
 import numpy as np
+import polars as pl
 import pytest
 
 from sine_jax.data import readers
@@ -143,8 +146,8 @@ def test_skip_with_no_valid_row(tmp_path):
 
 def test_unknown_format_and_mode(tmp_path):
     path = _write(tmp_path, "r.dat", "1::2::3::4\n")
-    with pytest.raises(ConfigError, match="data.format='amazon'.*movielens, interactions"):
-        readers.read_interactions(path, "amazon")
+    with pytest.raises(ConfigError, match="data.format='parquet'.*movielens, interactions"):
+        readers.read_interactions(path, "parquet")
     with pytest.raises(ConfigError, match="data.on_bad_row='warn'.*error, skip"):
         readers.read_interactions(path, "movielens", "warn")
 
@@ -169,3 +172,166 @@ def test_real_movielens_files(shared_data, relpath, rows, users, items):
     assert len(np.unique(got.users)) == users
     assert len(np.unique(got.items)) == items
     assert got.num_bad_rows == 0
+
+
+# --- amazon, taobao, csv ---------------------------------------------------------------------
+
+AMAZON = "A2SUAM1J3GNN3B,0000013714,5.0,1357257600\nAB1,B000ZZZ,4.0,1357257601\n"
+
+
+def test_amazon_keeps_string_ids(tmp_path):
+    got = _read(tmp_path, "ratings_Books.csv", AMAZON, fmt="amazon")
+    assert got.users.tolist() == ["A2SUAM1J3GNN3B", "AB1"]
+    assert got.items.tolist() == ["0000013714", "B000ZZZ"]  # leading zeros kept
+    np.testing.assert_array_equal(got.timestamps, [1357257600, 1357257601])
+    assert got.categories is None and got.dropped == {}
+
+
+def test_taobao_keeps_pv_and_categories(tmp_path):
+    text = ("1,10,7,pv,100\n1,11,8,buy,101\n\n2,10,7,pv,50\n2,12,9,fav,51\n2,12,9,cart,52\n"
+            "3,13,9,pv,60\n")
+    got = _read(tmp_path, "UserBehavior.csv", text, fmt="taobao")
+    np.testing.assert_array_equal(got.users, [1, 2, 3])
+    np.testing.assert_array_equal(got.items, [10, 10, 13])
+    np.testing.assert_array_equal(got.categories, [7, 7, 9])
+    np.testing.assert_array_equal(got.timestamps, [100, 50, 60])
+    assert got.users.dtype == np.int64
+    assert got.dropped == {"events_not_pv": 3}
+
+
+def test_taobao_without_clicks(tmp_path):
+    with pytest.raises(DataError, match=r"b\.csv: no pv \(click\) events among 2 valid rows"):
+        _read(tmp_path, "b.csv", "1,2,3,buy,4\n1,2,3,fav,5\n", fmt="taobao")
+
+
+def test_real_taobao_head(shared_data):
+    path = os.path.join(shared_data, "taobao-userbehavior-head", "UserBehavior_head.csv")
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not present")
+    got = readers.read_interactions(path, "taobao")
+    # SOURCE.md: 84,475 rows, pv 75,872; pv users / items 813 / 52,063.
+    assert len(got) == 75_872 and got.dropped == {"events_not_pv": 84_475 - 75_872}
+    assert (len(np.unique(got.users)), len(np.unique(got.items))) == (813, 52_063)
+    assert got.num_bad_rows == 0 and len(got.categories) == len(got)
+
+
+CSV = 'ts,uid,iid,cat\n5,1,10,a\n3,"1",11,b\n\n4,2,"10",\n'
+
+
+def test_csv_columns_by_name(tmp_path):
+    columns = readers.CsvColumns(user="uid", item="iid", time="ts", category="cat")
+    got = _read_csv(tmp_path, CSV, columns)
+    np.testing.assert_array_equal(got.users, [1, 1, 2])
+    np.testing.assert_array_equal(got.items, [10, 11, 10])
+    assert got.users.dtype == got.items.dtype == np.int64  # canonical integers only
+    np.testing.assert_array_equal(got.timestamps, [5, 3, 4])
+    assert got.categories.tolist() == ["a", "b", None]
+
+
+def _read_csv(tmp_path, text, columns, name="log.csv", on_bad_row="error"):
+    return readers.read_interactions(_write(tmp_path, name, text), "csv", on_bad_row, columns)
+
+
+def test_csv_string_ids_when_not_canonical_integers(tmp_path):
+    columns = readers.CsvColumns(user="u", item="i", time="")
+    got = _read_csv(tmp_path, "u;i\n7;007\n8;x y\n7;12\n",
+                    dataclasses.replace(columns, separator=";"))
+    assert got.users.dtype == np.int64 and got.users.tolist() == [7, 8, 7]
+    assert got.items.tolist() == ["007", "x y", "12"]  # '007' is not canonical: strings
+    np.testing.assert_array_equal(got.timestamps, [0, 1, 2])  # no time column: file order
+
+
+def test_csv_missing_column(tmp_path):
+    with pytest.raises(DataError, match=(r"log\.csv:1: the header has no column 'user_id' "
+                                         r"\(data\.user_column\); found: u, item_id")):
+        _read_csv(tmp_path, "u,item_id,timestamp\n", readers.CsvColumns())
+
+
+def test_csv_bad_config(tmp_path):
+    with pytest.raises(ConfigError, match="data.csv_separator=';;'"):
+        _read_csv(tmp_path, "a\n", readers.CsvColumns(separator=";;"))
+    with pytest.raises(ConfigError, match="data.item_column='' must name a column"):
+        _read_csv(tmp_path, "a\n", readers.CsvColumns(item=""))
+
+
+def test_parquet(tmp_path):
+    path = str(tmp_path / "clicks.data")  # detected by content, not by name
+    pl.DataFrame({
+        "user_id": ["u2", "u1", "u1"], "item_id": [7, 8, 7],
+        "timestamp": [datetime.datetime(2020, 3, 29, 0, 0, s) for s in (3, 1, 2)],
+        "category_id": [1, None, 1], "other": [0.5, 1.5, 2.5],
+    }).write_parquet(path)
+    got = readers.read_interactions(path, "csv", columns=readers.CsvColumns(
+        category="category_id"))
+    assert got.users.tolist() == ["u2", "u1", "u1"]
+    assert got.items.dtype == np.int64 and got.items.tolist() == [7, 8, 7]
+    np.testing.assert_array_equal(np.diff(got.timestamps), [-2, 1])
+    assert got.categories.tolist() == [1, None, 1]
+
+
+@pytest.mark.parametrize("frame,line,reason", [
+    ({"user_id": [1, None], "item_id": [1, 2], "timestamp": [1, 2]}, 2,
+     "user id 'null' is not a non-negative integer"),
+    ({"user_id": ["a", " "], "item_id": [1, 2], "timestamp": [1, 2]}, 2,
+     "user id ' ' is not a non-empty string"),
+    ({"user_id": [1, 2], "item_id": [1, -2], "timestamp": [1, 2]}, 2,
+     "item id '-2' is not a non-negative integer"),
+    ({"user_id": [1, 2], "item_id": [1, 2], "timestamp": ["1", "x"]}, 2,
+     "timestamp 'x' is not an integer"),
+])
+def test_parquet_bad_rows(tmp_path, frame, line, reason):
+    path = str(tmp_path / "log.parquet")
+    pl.DataFrame(frame).write_parquet(path)
+    with pytest.raises(DataError) as e:
+        readers.read_interactions(path, "csv")
+    assert str(e.value) == f"{path}:{line}: {reason}"
+    got = readers.read_interactions(path, "csv", "skip")
+    assert (len(got), got.num_bad_rows, got.bad_row_lines) == (1, 1, (line,))
+
+
+def test_parquet_missing_or_unusable_column(tmp_path):
+    path = str(tmp_path / "log.parquet")
+    pl.DataFrame({"user_id": [1], "item_id": [1.5], "t": [1]}).write_parquet(path)
+    with pytest.raises(DataError, match=(r"log\.parquet: no column 'timestamp' "
+                                         r"\(data\.time_column\); found: user_id, item_id, t$")):
+        readers.read_interactions(path, "csv", columns=readers.CsvColumns(item="user_id"))
+    with pytest.raises(DataError, match=r"column 'item_id' \(data\.item_column\) has type "
+                                        r"Float64; expected integers or strings"):
+        readers.read_interactions(path, "csv", columns=readers.CsvColumns(time="t"))
+
+
+@pytest.mark.parametrize("name,fmt,text,line,reason", [
+    ("a.csv", "amazon", "A1,B1,5.0,1\nA1,B2,5.0\n", 2,
+     "expected 4 fields separated by ',', found 3"),
+    ("b.csv", "amazon", "A1,B1,5.0,1\n,B2,5.0,2\n", 2, "user id '' is not a non-empty string"),
+    ("c.csv", "amazon", "A1,B1,5.0,1\nA1,B2,5.0,yesterday\n", 2,
+     "timestamp 'yesterday' is not an integer"),
+    ("d.csv", "amazon", "A1,B1,five,1\n", 1, "rating 'five' is not a number"),
+    ("e.csv", "taobao", "1,2,3,pv,4\n\n1,2,3,pv,4,5\n", 3,
+     "expected 5 fields separated by ',', found 6"),
+    ("f.csv", "taobao", "1,2,3,pv,4\nu1,2,3,pv,4\n", 2,
+     "user id 'u1' is not a non-negative integer"),
+    ("g.csv", "taobao", "1,2,c3,pv,4\n", 1, "category id 'c3' is not a non-negative integer"),
+    ("h.csv", "taobao", "1,2,3,click,4\n", 1, "behavior 'click' is not one of pv, buy, cart, fav"),
+    ("i.csv", "taobao", "1,2,3,pv,1.5e9\n", 1, "timestamp '1.5e9' is not an integer"),
+    ("j.csv", "taobao", "1,2,3,pv,4\n1,\xff\xfe,3,pv,4\n", 2,
+     "item id '\ufffd\ufffd' is not a non-negative integer"),
+    ("k.csv", "csv", "user_id,item_id,timestamp\n1,2,3\n1,2\n", 3,
+     "expected 3 fields separated by ',', found 2"),
+    ("l.csv", "csv", "\n\nuser_id,item_id,timestamp\n1,,3\n", 4,
+     "item id '' is not a non-empty string"),
+    ("m.csv", "csv", 'user_id,item_id,timestamp\n1,2,"3"\n1,2,"x"\n', 3,
+     "timestamp 'x' is not an integer"),
+])
+def test_new_format_bad_rows(tmp_path, name, fmt, text, line, reason):
+    path = _write(tmp_path, name, text)
+    with pytest.raises(DataError) as e:
+        readers.read_interactions(path, fmt)
+    assert str(e.value) == f"{path}:{line}: {reason}"
+
+
+def test_skip_reports_new_formats(tmp_path):
+    rows = ["1,2,3,pv,4"] * 3 + ["1,2,3,pv"] + ["1,x,3,pv,4"] * 2 + ["2,2,3,pv,5"]
+    got = _read(tmp_path, "t.csv", "\xef\xbb\xbf" + "\n".join(rows) + "\n", fmt="taobao",
+                on_bad_row="skip")
+    assert (len(got), got.num_bad_rows, got.bad_row_lines) == (4, 3, (4, 5, 6))
