@@ -18,12 +18,20 @@ def get_config() -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
 
     config.data = data = config_dict.ConfigDict()
-    data.format = "synthetic"  # synthetic | movielens | interactions | sequences (amazon, taobao, csv: later)
-    data.path = ""  # the interactions file (ratings.dat, u.data, ratings.csv, SASRec/S3-Rec text)
+    data.format = "synthetic"  # synthetic movielens interactions sequences amazon taobao csv
+    data.path = ""  # the interactions file (ratings.dat, u.data, UserBehavior.csv, .parquet, ...)
     data.on_bad_row = "error"  # error: stop at the first bad row (path:line: reason); skip: count and drop
-    data.min_user_interactions = 3  # users with fewer are dropped (leave-one-out needs >= 3)
-    data.min_item_interactions = 1  # items with fewer are dropped (one pass, before the user filter)
-    data.cache_dir = ""  # preprocessed CSR arrays; "" = WORKDIR/cache
+    data.min_user_interactions = 3  # users with fewer are dropped (always >= 3, held-out >= 2)
+    data.min_item_interactions = 1  # items with fewer are dropped (before the user filter)
+    data.kcore_iterative = False  # repeat the item and user filters until stable; False: one pass
+    data.split = "leave_one_out"  # leave_one_out (paper) | held_out_users (ComiRec: users 8:1:1)
+    data.split_seed = 0  # held_out_users: seed of the user shuffle
+    data.user_column = "user_id"  # csv format: the user id column (CSV header or Parquet name)
+    data.item_column = "item_id"  # csv format: the item id column
+    data.time_column = "timestamp"  # csv format: integer (Parquet: or date) time; "" = file order
+    data.category_column = ""  # csv format: item category column (NMI, SINE-cate); "" = none
+    data.csv_separator = ","  # csv format: field separator of a CSV file (not Parquet)
+    data.cache_dir = ""  # preprocessed CSR arrays, shareable by sweep jobs; "" = WORKDIR/cache
     data.synthetic = config_dict.ConfigDict()
     data.synthetic.num_users = 2000  # planted multi-interest data: users
     data.synthetic.num_items = 1000  # items (raw ids 1..M)

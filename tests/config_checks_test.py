@@ -5,10 +5,10 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default, movielens, synthetic
+from configs import amazon, default, movielens, synthetic, taobao, ularge
 from sine_jax import config_checks, train
 from sine_jax.data import dataset
-from sine_jax.errors import ConfigError, SineError
+from sine_jax.errors import ConfigError, DataError
 
 
 @pytest.mark.parametrize(
@@ -43,13 +43,12 @@ def test_unknown_data_format_is_rejected(tmp_path):
         dataset.load_dataset(config.data, str(tmp_path))
 
 
-def test_planned_formats_say_the_reader_is_missing(tmp_path):
-    config = default.get_config()
-    for fmt in ("amazon", "taobao", "csv"):
-        config.data.format = fmt
-        config.data.path = str(tmp_path / "x.csv")
-        with pytest.raises(SineError, match=fmt):
-            dataset.load_dataset(config.data, str(tmp_path))
+@pytest.mark.parametrize("preset", [amazon, taobao, ularge])
+def test_large_dataset_presets_read_their_formats(tmp_path, preset):
+    config = preset.get_config()
+    config.data.path = str(tmp_path / "x.csv")
+    with pytest.raises(DataError, match=r"x\.csv: no such file$"):
+        dataset.load_dataset(config.data, str(tmp_path))
 
 
 def _learning_rates(config, total_steps, steps):

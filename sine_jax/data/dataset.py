@@ -1,45 +1,56 @@
-"""Preprocessing: interaction log -> filtered, remapped, leave-one-out CSR sequences, cached.
+"""Preprocessing: interaction log -> filtered, remapped, split CSR sequences, cached.
 
 Rules (DESIGN.md section 3), in this order:
-  1. Items with fewer than `data.min_item_interactions` interactions are dropped (one pass).
-  2. Users with fewer than max(`data.min_user_interactions`, 3) remaining interactions are
-     dropped (leave-one-out needs 3).
-  3. Each user's interactions are sorted by timestamp, stably (ties keep file order); users by
-     raw id.
-  4. Leave-one-out: the last item of a user is the test target, the one before it the
-     validation target, the rest the training sequence.
-  5. Items get ids 1..M by descending count in the training parts, ties by ascending raw id;
-     items seen only as validation/test targets come last, by raw id. 0 is padding.
-Repeated (user, item) pairs are kept as separate events and counted in the summary
-("duplicate_interactions").
+  1. Raw ids (integers, or strings such as Amazon's) get dense codes in ascending raw-id order.
+  2. Filters (`filters.min_count_filter`): items with fewer than `data.min_item_interactions`
+     events are dropped, then users with fewer than `data.min_user_interactions` (at least 3
+     for leave-one-out, 2 for held-out users) of the rest; once, or until stable with
+     `data.kcore_iterative`. A filter that leaves nothing is a `DataError` naming it.
+  3. Each user's events are sorted by timestamp, stably (ties keep file order); users by raw
+     id.
+  4. Split (`data.split`):
+     leave_one_out: the last item of every user is the test target, the one before it the
+       validation target, the rest the training sequence.
+     held_out_users: users are shuffled (seed `data.split_seed`) and split 8:1:1 into
+       training, validation and test users; training users' whole sequences are training
+       data; a held-out user's first floor(0.8 len) items are the input, the rest the targets
+       (ComiRec's protocol).
+  5. Items get ids 1..M by descending count in the training data, ties by ascending raw id;
+     items seen only in evaluation come last, by raw id. 0 is padding.
+Repeated (user, item) pairs are kept as separate events and counted ("duplicate_interactions").
+Item categories come from the log's category column (Taobao, or `data.category_column`: an
+item's category is that of its first event), else from a metadata companion file (movies.dat,
+u.item, movies.csv) beside the log.
 
-The result is cached in `cache_dir` as `dataset-<key>.npz` (arrays) + `dataset-<key>.json`
-(names, titles, summary), where the key hashes the data config and, for files, the size,
-mtime and first/last MiB of the interactions file and of its metadata companions. Files are
-written atomically; a stale, unreadable or inconsistent cache is rebuilt.
+Large logs stream: the reader sinks the parsed events to a scratch Parquet file, polars
+builds the id tables and codes, and only int32/int64 code arrays are held in memory (about
+20 bytes per event at the peak of the sort). The result is cached (`cache.Cache`) in
+`cache_dir`, keyed by the data config and fingerprints of the log and its companion files.
 """
 
 import dataclasses
-import hashlib
 import inspect
-import json
 import os
 import tempfile
 
 import numpy as np
+import polars as pl
 from absl import logging
 
+from sine_jax.data import cache as cache_lib
+from sine_jax.data import filters, readers, synthetic
 from sine_jax.data import metadata as metadata_lib
-from sine_jax.data import readers, synthetic
-from sine_jax.errors import ConfigError, DataError, SineError
+from sine_jax.errors import ConfigError, DataError
 
 FORMATS = ("synthetic",) + readers.FORMATS
-PLANNED_FORMATS = ("amazon", "taobao", "csv")
-MIN_INTERACTIONS = 3  # leave-one-out: at least one training item, a validation and a test target
-CACHE_VERSION = 1  # bump when the preprocessing or the cache layout changes
-_FINGERPRINT_BYTES = 1 << 20
+SPLITS = ("leave_one_out", "held_out_users")
+MIN_INTERACTIONS = {"leave_one_out": 3, "held_out_users": 2}  # per user, whatever the config
+TRAIN, VALID, TEST = 0, 1, 2  # held_out_users: `SequenceData.user_split` values
+INPUT_FRACTION = 0.8  # held_out_users: the input share of a held-out user's sequence
+CACHE_VERSION = 2  # bump when the preprocessing or the cache layout changes
 _NOT_IN_KEY = ("cache_dir",)  # data config fields that do not change the data
 _ARRAYS = ("offsets", "items", "item_raw_ids", "user_raw_ids", "item_counts")
+_OPTIONAL_ARRAYS = ("item_categories", "user_split")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -50,15 +61,18 @@ class SequenceData:
         offsets: [U+1] int64 offsets into `items`; user u owns items[offsets[u]:offsets[u+1]].
         items: [N] int32 remapped ids 1..M.
         num_items: M (ids 1..M; 0 = padding).
-        item_raw_ids: [M+1] int64 raw id of each remapped id; [0] = -1.
-        user_raw_ids: [U] int64, ascending.
-        item_counts: [M+1] int64 count in the training parts (0 for padding), non-increasing.
-        item_categories: [M+1] int32 index into `category_names` of the item's first genre /
-            category; -1 for padding and unknown. None without metadata.
-        category_names: the genre / category names; () without metadata.
+        item_raw_ids: [M+1] raw id of each remapped id: int64 with [0] = -1, or str (string
+            ids, e.g. Amazon ASINs) with [0] = "".
+        user_raw_ids: [U] int64 or str, ascending.
+        item_counts: [M+1] int64 count in the training data (0 for padding), non-increasing.
+        item_categories: [M+1] int32 index into `category_names` of the item's category (the
+            first genre for MovieLens); -1 for padding and unknown. None without categories.
+        category_names: the genre / category names; () without categories.
         item_titles: [M+1] titles, "" for padding and unknown. None without metadata.
         summary: users, items, interactions, dropped ({reason: count}), bad_rows, and more (see
             `preprocess`); JSON-serialisable.
+        split: "leave_one_out" or "held_out_users".
+        user_split: held_out_users: [U] int8, TRAIN, VALID or TEST; None for leave-one-out.
     """
 
     offsets: np.ndarray
@@ -71,20 +85,57 @@ class SequenceData:
     category_names: tuple[str, ...]
     item_titles: tuple[str, ...] | None
     summary: dict
+    split: str = "leave_one_out"
+    user_split: np.ndarray | None = None
 
     @property
     def num_users(self) -> int:
         return len(self.offsets) - 1
 
+    def train_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """([U] int64 starts, [U] int64 ends): user u's training items are items[start:end].
+
+        Leave-one-out: all but the last two items. Held-out users: a training user's whole
+        sequence; nothing (start = end) for validation and test users.
+        """
+        starts, ends = self.offsets[:-1], self.offsets[1:]
+        if self.split == "leave_one_out":
+            return starts, ends - 2
+        return starts, np.where(self.user_split == TRAIN, ends, starts)
+
     def train_sequence(self, u: int) -> np.ndarray:
-        """[len - 2] int32: user u's training items, oldest first."""
-        return self.items[self.offsets[u]:self.offsets[u + 1] - 2]
+        """[len] int32: user u's training items, oldest first."""
+        starts, ends = self.train_bounds()
+        return self.items[starts[u]:ends[u]]
 
     def valid_target(self, u: int) -> int:
+        """Leave-one-out: user u's validation target."""
+        self._require_leave_one_out()
         return int(self.items[self.offsets[u + 1] - 2])
 
     def test_target(self, u: int) -> int:
+        """Leave-one-out: user u's test target."""
+        self._require_leave_one_out()
         return int(self.items[self.offsets[u + 1] - 1])
+
+    def _require_leave_one_out(self):
+        if self.split != "leave_one_out":
+            raise ValueError(f"single targets exist for leave_one_out only, not {self.split}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """The validated preprocessing fields of `config.data`."""
+
+    fmt: str
+    path: str
+    on_bad_row: str
+    min_user: int
+    min_item: int
+    kcore_iterative: bool
+    split: str
+    split_seed: int
+    columns: readers.CsvColumns
 
 
 def load_dataset(data_config, cache_dir: str | None) -> SequenceData:
@@ -92,136 +143,271 @@ def load_dataset(data_config, cache_dir: str | None) -> SequenceData:
 
     Args:
         data_config: `config.data` (ConfigDict or dict): format, path, on_bad_row,
-            min_user_interactions, min_item_interactions, synthetic (num_users, num_items,
-            num_categories, seed, and any other `synthetic.generate` argument).
-        cache_dir: where to cache the result; None or "" = no cache.
+            min_user_interactions, min_item_interactions, kcore_iterative, split, split_seed,
+            user_column, item_column, time_column, category_column, csv_separator, synthetic
+            (num_users, num_items, num_categories, seed, and any other `synthetic.generate`
+            argument). Missing fields take their defaults.
+        cache_dir: where to cache the result (also the scratch space of large logs); None or
+            "" = no cache.
 
     Returns:
         The dataset.
 
     Raises:
         ConfigError: an unknown format or a bad field value.
-        SineError: a planned format whose reader does not exist yet.
-        DataError: unreadable or bad input data.
+        DataError: unreadable or bad input data, or a filter that leaves nothing.
     """
     config = _as_dict(data_config)
-    fmt = config.get("format")
-    if fmt in PLANNED_FORMATS:
-        raise SineError(f"data.format={fmt!r}: the {fmt} reader is not implemented yet; "
-                        f"implemented: {', '.join(FORMATS)}")
-    if fmt not in FORMATS:
-        raise ConfigError(f"data.format={fmt!r} is not allowed; allowed: {', '.join(FORMATS)} "
-                          f"(planned: {', '.join(PLANNED_FORMATS)})")
-    min_user = _non_negative_int(config, "min_user_interactions", MIN_INTERACTIONS)
-    min_item = _non_negative_int(config, "min_item_interactions", 1)
-    if fmt != "synthetic" and not config.get("path"):
-        raise ConfigError(f"data.path is empty: name the interactions file for "
-                          f"data.format={fmt!r}")
-    key_material = _key_material(config)
-    cache = _cache_paths(cache_dir, key_material) if cache_dir else None
-    data = _load_cache(*cache, key_material) if cache else None
-    if data is not None:
-        logging.info("Dataset from cache %s", cache[0])
+    options = _options(config)
+    if not cache_dir:
+        with tempfile.TemporaryDirectory(prefix="sine-jax-") as scratch:
+            data = _build(config, options, scratch)
     else:
-        if fmt == "synthetic":
-            interactions, metadata = synthetic.generate(**_synthetic_kwargs(config))
+        cache = cache_lib.Cache(cache_dir, "dataset", _key_material(config))
+        data = _from_cache(cache)
+        if data is None:
+            with cache.building() as (scratch, writable):
+                data = _from_cache(cache)  # built by a concurrent job while this one waited
+                if data is None:
+                    data = _build(config, options, scratch)
+                    if writable:
+                        cache.save(*_cache_entry(data))
         else:
-            interactions = readers.read_interactions(config["path"], fmt,
-                                                     config.get("on_bad_row", "error"))
-            metadata = metadata_lib.read_item_metadata(config["path"])
-        data = preprocess(interactions, metadata, min_user_interactions=min_user,
-                          min_item_interactions=min_item)
-        if cache:
-            _save_cache(data, *cache, key_material)
+            logging.info("Dataset from cache %s", cache.npz_path)
     logging.info("%s", format_summary(data))
     return data
 
 
-def preprocess(interactions: readers.Interactions, metadata: metadata_lib.ItemMetadata | None,
-               *, min_user_interactions: int = MIN_INTERACTIONS,
-               min_item_interactions: int = 1) -> SequenceData:
+def _build(config: dict, options: _Options, scratch: str) -> SequenceData:
+    if options.fmt == "synthetic":
+        interactions, metadata = synthetic.generate(**_synthetic_kwargs(config))
+        log = interactions.to_log()
+    else:
+        log = readers.parse_log(options.path, options.fmt, scratch,
+                                on_bad_row=options.on_bad_row, columns=options.columns)
+        metadata = None
+        if "category" not in log.events.collect_schema():
+            metadata = metadata_lib.read_item_metadata(options.path)
+    return preprocess(log, metadata, min_user_interactions=options.min_user,
+                      min_item_interactions=options.min_item,
+                      kcore_iterative=options.kcore_iterative, split=options.split,
+                      split_seed=options.split_seed)
+
+
+def preprocess(log: readers.EventLog | readers.Interactions,
+               metadata: metadata_lib.ItemMetadata | None = None, *,
+               min_user_interactions: int = 3, min_item_interactions: int = 1,
+               kcore_iterative: bool = False, split: str = "leave_one_out",
+               split_seed: int = 0) -> SequenceData:
     """Filters, sorts, splits and remaps a log (the module docstring's rules).
 
     Args:
-        interactions: the raw log.
-        metadata: titles and genres by raw item id, or None.
-        min_user_interactions: users with fewer interactions are dropped (at least 3 always).
-        min_item_interactions: items with fewer interactions are dropped (one pass, first).
+        log: the parsed log (or an in-memory one).
+        metadata: titles and genres by raw item id, or None; ignored when the log has
+            categories.
+        min_user_interactions: users with fewer events are dropped (at least
+            MIN_INTERACTIONS[split] always).
+        min_item_interactions: items with fewer events are dropped.
+        kcore_iterative: repeat both filters until stable.
+        split: one of SPLITS.
+        split_seed: held_out_users: the seed of the user shuffle.
 
     Returns:
-        The dataset. Its summary holds: source, users, items, interactions, dropped
-        ({reason: count}), bad_rows, bad_row_lines, duplicate_interactions, sequence_length
-        (min, median, mean, max), categories, items_without_category.
+        The dataset. Its summary holds: source, split, users, items, interactions, dropped
+        ({reason: count}), filter_passes, bad_rows, bad_row_lines, duplicate_interactions,
+        sequence_length (min, median, mean, max), categories, items_without_category,
+        items_with_several_categories, and for held_out_users users_per_split.
 
     Raises:
-        DataError: no user is left.
+        DataError: a filter left nothing, or too few users for the split.
     """
-    users, items, timestamps = interactions.users, interactions.items, interactions.timestamps
-    dropped = {}
-    raw_item_ids, item_index, counts = np.unique(items, return_inverse=True, return_counts=True)
-    keep = counts[item_index] >= min_item_interactions
-    dropped["items_below_min_item_interactions"] = int(np.sum(counts < min_item_interactions))
-    dropped["interactions_of_those_items"] = int(np.sum(~keep))
-    users, items, timestamps = users[keep], items[keep], timestamps[keep]
+    if isinstance(log, readers.Interactions):
+        log = log.to_log()
+    if split not in SPLITS:
+        raise ConfigError(f"data.split={split!r} is not allowed; allowed: {', '.join(SPLITS)}")
+    codes, (users, items, timestamps) = _encode(log.events)
+    min_user = max(min_user_interactions, MIN_INTERACTIONS[split])
+    kept = filters.min_count_filter(users, items, len(codes.user_ids),
+                                    len(codes.item_ids), min_user=min_user,
+                                    min_item=min_item_interactions, iterative=kcore_iterative)
+    if kept.emptied_by == "item":
+        raise DataError(f"{log.path}: the item filter left nothing: no item has at least "
+                        f"{min_item_interactions} interactions (data.min_item_interactions)")
+    if kept.emptied_by == "user":
+        raise DataError(f"{log.path}: the user filter left nothing: no user has at least "
+                        f"{min_user} interactions after the item filter "
+                        f"(data.min_user_interactions={min_user_interactions}; "
+                        f"{split} needs {MIN_INTERACTIONS[split]})")
 
-    min_user = max(min_user_interactions, MIN_INTERACTIONS)
-    _, user_index, counts = np.unique(users, return_inverse=True, return_counts=True)
-    keep = counts[user_index] >= min_user
-    dropped["users_below_min_user_interactions"] = int(np.sum(counts < min_user))
-    dropped["interactions_of_those_users"] = int(np.sum(~keep))
-    if not np.any(keep):
-        raise DataError(f"{interactions.path}: no user has at least {min_user} interactions "
-                        f"after filtering")
-    users, items, timestamps = users[keep], items[keep], timestamps[keep]
-
-    order = np.lexsort((timestamps, users))  # stable: ties keep file order
-    users, items = users[order], items[order]
-    user_raw_ids, user_index = np.unique(users, return_inverse=True)
-    lengths = np.bincount(user_index)
+    # Order: users by raw id, then each user's events by timestamp, ties in file order.
+    users, items, timestamps = users[kept.keep], items[kept.keep], timestamps[kept.keep]
+    user_present = np.bincount(users, minlength=len(codes.user_ids)) > 0
+    users = (np.cumsum(user_present) - 1).astype(np.int32)[users]
+    lengths = np.bincount(users)
+    items = items[_time_order(users, timestamps)]
+    del users, timestamps
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    position = np.arange(len(items)) - offsets[user_index]
-    is_train = position < lengths[user_index] - 2
 
-    raw_item_ids, item_index = np.unique(items, return_inverse=True)
-    train_counts = np.bincount(item_index[is_train], minlength=len(raw_item_ids))
-    by_popularity = np.lexsort((raw_item_ids, -train_counts))
-    new_id = np.empty(len(raw_item_ids), np.int32)
-    new_id[by_popularity] = np.arange(1, len(raw_item_ids) + 1, dtype=np.int32)
-    item_raw_ids = np.concatenate([[-1], raw_item_ids[by_popularity]]).astype(np.int64)
-    remapped = new_id[item_index]
+    user_split = None
+    if split == "leave_one_out":
+        is_train = np.arange(len(items)) < np.repeat(offsets[1:] - 2, lengths)
+    else:
+        user_split = _assign_users(len(lengths), split_seed, log.path)
+        is_train = np.repeat(user_split == TRAIN, lengths)
 
-    categories, names, titles = _attach_metadata(item_raw_ids, metadata)
+    num_codes = len(codes.item_ids)
+    train_counts = np.bincount(items[is_train], minlength=num_codes)
+    present = np.flatnonzero(np.bincount(items, minlength=num_codes))
+    by_popularity = present[np.argsort(-train_counts[present], kind="stable")]
+    new_id = np.zeros(num_codes, np.int32)
+    new_id[by_popularity] = np.arange(1, len(by_popularity) + 1, dtype=np.int32)
+    items = new_id[items]
+    pad = "" if codes.item_ids.dtype.kind == "U" else -1
+    item_raw_ids = np.concatenate([np.array([pad], codes.item_ids.dtype),
+                                   codes.item_ids[by_popularity]])
+
+    if codes.item_category is not None:
+        categories, names = _categories(codes.item_category[by_popularity], codes.category_names)
+        titles = None
+    else:
+        categories, names, titles = _attach_metadata(item_raw_ids, metadata)
     summary = {
-        "source": interactions.path,
-        "users": len(user_raw_ids),
-        "items": len(raw_item_ids),
-        "interactions": len(remapped),
-        "dropped": dropped,
-        "bad_rows": interactions.num_bad_rows,
-        "bad_row_lines": list(interactions.bad_row_lines),
-        "duplicate_interactions": _count_duplicates(user_index, remapped, len(raw_item_ids)),
+        "source": log.path,
+        "split": split,
+        "users": len(lengths),
+        "items": len(by_popularity),
+        "interactions": len(items),
+        "dropped": {**log.dropped, **kept.dropped},
+        "filter_passes": kept.passes,
+        "bad_rows": log.num_bad_rows,
+        "bad_row_lines": list(log.bad_row_lines),
+        "duplicate_interactions": _count_duplicates(offsets, items, len(by_popularity)),
         "sequence_length": {"min": int(lengths.min()), "median": float(np.median(lengths)),
                             "mean": float(lengths.mean()), "max": int(lengths.max())},
         "categories": len(names),
         "items_without_category": None if categories is None else int(np.sum(categories[1:] < 0)),
+        "items_with_several_categories": codes.items_with_several_categories,
     }
+    if user_split is not None:
+        summary["users_per_split"] = dict(zip(("train", "valid", "test"),
+                                              np.bincount(user_split, minlength=3).tolist()))
     return SequenceData(
         offsets=offsets,
-        items=remapped,
-        num_items=len(raw_item_ids),
+        items=items,
+        num_items=len(by_popularity),
         item_raw_ids=item_raw_ids,
-        user_raw_ids=user_raw_ids.astype(np.int64),
+        user_raw_ids=codes.user_ids[user_present],
         item_counts=np.concatenate([[0], train_counts[by_popularity]]).astype(np.int64),
         item_categories=categories,
         category_names=names,
         item_titles=titles,
         summary=summary,
+        split=split,
+        user_split=user_split,
     )
 
 
-def _count_duplicates(user_index: np.ndarray, items: np.ndarray, num_items: int) -> int:
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Codes:
+    """The id tables of a log: raw ids in ascending order get codes 0, 1, ...
+
+    Attributes:
+        user_ids: [U] raw user ids, ascending (int64 or str).
+        item_ids: [M] raw item ids, ascending.
+        item_category: [M] int32 index into `category_names` (-1 = unknown), or None.
+        category_names: the log's category names, ascending by raw category.
+        items_with_several_categories: items whose events name different categories.
+    """
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    item_category: np.ndarray | None
+    category_names: tuple[str, ...]
+    items_with_several_categories: int | None
+
+
+def _encode(events: pl.LazyFrame) -> tuple[_Codes, tuple[np.ndarray, ...]]:
+    """The id tables of `events` and the coded events (streaming joins against the tables).
+
+    Returns:
+        (the tables, ([N] int32 user codes, [N] int32 item codes, [N] int64 timestamps)), the
+        events in file order (checked with `line`), so that a stable sort by time breaks ties
+        in file order.
+    """
+    has_category = "category" in events.collect_schema()
+    user_table = events.select(pl.col("user").unique()).sort("user").with_row_index("u")
+    per_item = [pl.col("category").first(),
+                pl.col("category").drop_nulls().n_unique().alias("num_categories")
+                ] if has_category else []
+    item_table = (events.group_by("item").agg(*per_item) if has_category
+                  else events.select(pl.col("item").unique()))
+    item_table = item_table.sort("item").with_row_index("i")
+    user_table, item_table = pl.collect_all([user_table, item_table], engine="streaming")
+    coded = (events
+             .join(user_table.lazy(), on="user", maintain_order="left")
+             .join(item_table.lazy().select("item", "i"), on="item", maintain_order="left")
+             .select(pl.col("u").cast(pl.Int32), pl.col("i").cast(pl.Int32), "timestamp", "line")
+             .collect(engine="streaming"))
+    lines = coded["line"].to_numpy()
+    if np.any(lines[1:] < lines[:-1]):  # not expected: polars keeps the left order
+        coded = coded.sort("line")
+    del lines
+    item_category, names, several = None, (), None
+    if has_category:
+        category = item_table["category"]
+        names = tuple(str(c) for c in category.drop_nulls().unique().sort())
+        item_category = (category.rank("dense") - 1).fill_null(-1).to_numpy().astype(np.int32)
+        several = int((item_table["num_categories"] > 1).sum())
+    codes = _Codes(user_ids=_raw_ids(user_table["user"]), item_ids=_raw_ids(item_table["item"]),
+                   item_category=item_category, category_names=names,
+                   items_with_several_categories=several)
+    return codes, (coded["u"].to_numpy(), coded["i"].to_numpy(), coded["timestamp"].to_numpy())
+
+
+def _time_order(users: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+    """[N] int64 stable order by (user, timestamp): ties keep their current (file) order."""
+    low, high = int(timestamps.min()), int(timestamps.max())
+    if high - low < 2**32 and users.max(initial=0) < 2**31:
+        key = (users.astype(np.int64) << 32) | (timestamps - low)  # one key: ~6x faster
+        return np.argsort(key, kind="stable")
+    return np.lexsort((timestamps, users))
+
+
+def _raw_ids(ids: pl.Series) -> np.ndarray:
+    """int64, or a numpy str array for string ids."""
+    if ids.dtype == pl.String:
+        return np.array(ids.to_list(), dtype=str)
+    return ids.to_numpy().astype(np.int64)
+
+
+def _categories(item_category: np.ndarray, names: tuple[str, ...]
+                ) -> tuple[np.ndarray, tuple[str, ...]]:
+    """([M+1] int32 category of each remapped item, names of the categories kept items use)."""
+    used = np.unique(item_category[item_category >= 0])
+    index = np.full(len(names) + 1, -1, np.int32)  # the last entry maps -1 (unknown) to -1
+    index[used] = np.arange(len(used), dtype=np.int32)
+    return (np.concatenate([[-1], index[item_category]]).astype(np.int32),
+            tuple(names[c] for c in used))
+
+
+def _assign_users(num_users: int, seed: int, source: str) -> np.ndarray:
+    """[U] int8 TRAIN / VALID / TEST: a seeded shuffle split 8:1:1 (first 80% train)."""
+    n_train, n_valid = (8 * num_users) // 10, (9 * num_users) // 10
+    if n_valid == n_train or n_valid == num_users:
+        raise DataError(f"{source}: held_out_users leaves no validation or test user among "
+                        f"{num_users} users (split 8:1:1 after filtering)")
+    permutation = np.random.default_rng(seed).permutation(num_users)
+    groups = np.empty(num_users, np.int8)
+    groups[permutation[:n_train]] = TRAIN
+    groups[permutation[n_train:n_valid]] = VALID
+    groups[permutation[n_valid:]] = TEST
+    return groups
+
+
+def _count_duplicates(offsets: np.ndarray, items: np.ndarray, num_items: int) -> int:
     """Number of events that repeat an earlier (user, item) pair."""
-    pairs = np.sort(user_index.astype(np.int64) * (num_items + 1) + items)
+    user_index = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
+    pairs = np.sort(user_index * (num_items + 1) + items)
     return int(np.count_nonzero(pairs[1:] == pairs[:-1]))
 
 
@@ -231,24 +417,59 @@ def format_summary(data: SequenceData) -> str:
     lengths = s["sequence_length"]
     lines = [
         (f"Dataset {s['source']}: {s['users']:,} users, {s['items']:,} items, "
-         f"{s['interactions']:,} interactions"),
+         f"{s['interactions']:,} interactions; split {s['split']}"
+         + (f" (users: {s['users_per_split']})" if "users_per_split" in s else "")),
         (f"  sequence length min/median/mean/max: {lengths['min']} / {lengths['median']:g} / "
          f"{lengths['mean']:.1f} / {lengths['max']}"),
-        "  dropped: " + ", ".join(f"{k}={v:,}" for k, v in s["dropped"].items()),
+        (f"  dropped ({s['filter_passes']} filter pass(es)): "
+         + ", ".join(f"{k}={v:,}" for k, v in s["dropped"].items())),
         f"  bad rows skipped: {s['bad_rows']:,}"
         + (f" (first at lines {s['bad_row_lines']})" if s["bad_rows"] else ""),
         f"  duplicate (user, item) events kept: {s['duplicate_interactions']:,}",
     ]
     if data.item_categories is None:
-        lines.append("  no item metadata")
+        lines.append("  no item categories")
     else:
-        lines.append(f"  {s['categories']} categories; items without one: "
+        lines.append(f"  {s['categories']:,} categories; items without one: "
                      f"{s['items_without_category']:,}")
     return "\n".join(lines)
 
 
+# --- Config ------------------------------------------------------------------------------------
+
+
 def _as_dict(config) -> dict:
     return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def _options(config: dict) -> _Options:
+    """Validates the preprocessing fields of `config.data` (ConfigError names the field)."""
+    fmt = config.get("format")
+    if fmt not in FORMATS:
+        raise ConfigError(f"data.format={fmt!r} is not allowed; allowed: {', '.join(FORMATS)}")
+    on_bad_row = config.get("on_bad_row", "error")
+    readers.check_format(fmt if fmt != "synthetic" else readers.FORMATS[0], on_bad_row)
+    if fmt != "synthetic" and not config.get("path"):
+        raise ConfigError(f"data.path is empty: name the interactions file for "
+                          f"data.format={fmt!r}")
+    split = config.get("split", "leave_one_out")
+    if split not in SPLITS:
+        raise ConfigError(f"data.split={split!r} is not allowed; allowed: {', '.join(SPLITS)}")
+    kcore = config.get("kcore_iterative", False)
+    if not isinstance(kcore, bool):
+        raise ConfigError(f"data.kcore_iterative={kcore!r} must be True or False")
+    defaults = readers.CsvColumns()
+    columns = readers.CsvColumns(
+        user=config.get("user_column", defaults.user),
+        item=config.get("item_column", defaults.item),
+        time=config.get("time_column", defaults.time),
+        category=config.get("category_column", defaults.category),
+        separator=config.get("csv_separator", defaults.separator))
+    return _Options(fmt=fmt, path=config.get("path", ""), on_bad_row=on_bad_row,
+                    min_user=_non_negative_int(config, "min_user_interactions", 3),
+                    min_item=_non_negative_int(config, "min_item_interactions", 1),
+                    kcore_iterative=kcore, split=split,
+                    split_seed=_non_negative_int(config, "split_seed", 0), columns=columns)
 
 
 def _non_negative_int(config: dict, name: str, default: int) -> int:
@@ -268,8 +489,11 @@ def _synthetic_kwargs(config: dict) -> dict:
     return kwargs
 
 
+# --- Cache -------------------------------------------------------------------------------------
+
+
 def _key_material(config: dict) -> dict:
-    """What the cached dataset depends on (JSON-serialisable)."""
+    """What the cached dataset depends on: the data config and the input files."""
     material = {
         "version": CACHE_VERSION,
         "config": {k: v for k, v in sorted(config.items()) if k not in _NOT_IN_KEY},
@@ -278,53 +502,40 @@ def _key_material(config: dict) -> dict:
         path = config["path"]
         directory = os.path.dirname(os.path.abspath(path))
         companions = [os.path.join(directory, n) for n in metadata_lib.COMPANIONS + ("u.genre",)]
-        material["files"] = {p: _fingerprint(p) for p in [path] + companions
+        material["files"] = {p: cache_lib.fingerprint(p) for p in [path] + companions
                              if os.path.isfile(p)}
-    return json.loads(json.dumps(material, sort_keys=True, default=str))
+    return material
 
 
-def _fingerprint(path: str) -> dict:
-    """Size, mtime and a hash of the first and last MiB of a file."""
-    stat = os.stat(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        digest.update(f.read(_FINGERPRINT_BYTES))
-        if stat.st_size > _FINGERPRINT_BYTES:
-            f.seek(max(stat.st_size - _FINGERPRINT_BYTES, _FINGERPRINT_BYTES))
-            digest.update(f.read())
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+def _cache_entry(data: SequenceData) -> tuple[dict[str, np.ndarray], dict]:
+    """(arrays, JSON-serialisable rest) of a dataset."""
+    arrays = {name: getattr(data, name) for name in _ARRAYS + _OPTIONAL_ARRAYS
+              if getattr(data, name) is not None}
+    rest = {"num_items": data.num_items, "category_names": list(data.category_names),
+            "item_titles": None if data.item_titles is None else list(data.item_titles),
+            "summary": data.summary, "split": data.split}
+    return arrays, rest
 
 
-def _cache_paths(cache_dir: str, key_material: dict) -> tuple[str, str]:
-    key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()[:24]
-    base = os.path.join(cache_dir, f"dataset-{key}")
-    return base + ".npz", base + ".json"
-
-
-def _load_cache(npz_path: str, json_path: str, key_material: dict) -> SequenceData | None:
+def _from_cache(cache: cache_lib.Cache) -> SequenceData | None:
     """The cached dataset, or None when absent, stale, unreadable or inconsistent."""
-    if not (os.path.exists(npz_path) and os.path.exists(json_path)):
+    entry = cache.load()
+    if entry is None:
         return None
+    arrays, rest = entry
     try:
-        with open(json_path, encoding="utf-8") as f:
-            sidecar = json.load(f)
-        if sidecar["key_material"] != key_material:
-            logging.warning("Cache %s is stale; rebuilding", json_path)
-            return None
-        with np.load(npz_path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-        categories = arrays.get("item_categories")
-        titles = sidecar["item_titles"]
+        titles = rest["item_titles"]
         data = SequenceData(
-            offsets=arrays["offsets"], items=arrays["items"], num_items=int(sidecar["num_items"]),
+            offsets=arrays["offsets"], items=arrays["items"], num_items=int(rest["num_items"]),
             item_raw_ids=arrays["item_raw_ids"], user_raw_ids=arrays["user_raw_ids"],
-            item_counts=arrays["item_counts"], item_categories=categories,
-            category_names=tuple(sidecar["category_names"]),
-            item_titles=None if titles is None else tuple(titles), summary=sidecar["summary"])
+            item_counts=arrays["item_counts"], item_categories=arrays.get("item_categories"),
+            category_names=tuple(rest["category_names"]),
+            item_titles=None if titles is None else tuple(titles), summary=rest["summary"],
+            split=rest["split"], user_split=arrays.get("user_split"))
         _check_consistent(data)
         return data
     except Exception as e:  # noqa: BLE001  (any damage means: rebuild)
-        logging.warning("Cache %s is unreadable (%s: %s); rebuilding", npz_path,
+        logging.warning("Cache %s is inconsistent (%s: %s); rebuilding", cache.npz_path,
                         type(e).__name__, e)
         return None
 
@@ -333,44 +544,18 @@ def _check_consistent(data: SequenceData):
     """Raises ValueError when the arrays do not fit together (e.g. a damaged cache)."""
     m1 = data.num_items + 1
     ok = (data.offsets.dtype == np.int64 and data.items.dtype == np.int32
+          and data.split in SPLITS
           and data.offsets[0] == 0 and data.offsets[-1] == len(data.items)
-          and np.all(np.diff(data.offsets) >= MIN_INTERACTIONS)
+          and np.all(np.diff(data.offsets) >= MIN_INTERACTIONS[data.split])
           and len(data.user_raw_ids) == data.num_users
           and data.item_raw_ids.shape == data.item_counts.shape == (m1,)
           and (data.item_categories is None or data.item_categories.shape == (m1,))
           and (data.item_titles is None or len(data.item_titles) == m1)
+          and (data.user_split is None) == (data.split == "leave_one_out")
+          and (data.user_split is None or data.user_split.shape == (data.num_users,))
           and data.items.min() >= 1 and data.items.max() <= data.num_items)
     if not ok:
         raise ValueError("arrays are inconsistent")
-
-
-def _save_cache(data: SequenceData, npz_path: str, json_path: str, key_material: dict):
-    """Writes the cache atomically (tmp file + os.replace); a failure only logs a warning."""
-    arrays = {name: getattr(data, name) for name in _ARRAYS}
-    if data.item_categories is not None:
-        arrays["item_categories"] = data.item_categories
-    sidecar = {"key_material": key_material, "num_items": data.num_items,
-               "category_names": list(data.category_names),
-               "item_titles": None if data.item_titles is None else list(data.item_titles),
-               "summary": data.summary}
-    try:
-        os.makedirs(os.path.dirname(npz_path), exist_ok=True)
-        _atomic_write(npz_path, lambda f: np.savez(f, **arrays))
-        _atomic_write(json_path, lambda f: f.write(json.dumps(sidecar).encode("utf-8")))
-        logging.info("Cached the dataset in %s", npz_path)
-    except OSError as e:
-        logging.warning("Could not cache the dataset in %s: %s", npz_path, e)
-
-
-def _atomic_write(path: str, write):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _attach_metadata(item_raw_ids: np.ndarray, metadata: metadata_lib.ItemMetadata | None):
