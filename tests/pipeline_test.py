@@ -170,3 +170,68 @@ def test_synthetic_batches(tmp_path):
         assert batch["history"].shape == (128, 20)
         assert np.all(batch["history"][:, -1] > 0)  # position t >= 1: never an empty history
         assert np.all((batch["target"] >= 1) & (batch["target"] <= data.num_items))
+
+
+# --- held-out users ---------------------------------------------------------------------------
+
+HELD_OUT_LENGTHS = (2, 3, 5, 10, 7, 4, 6, 8, 9, 11)
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    """10 users (8 train, 1 valid, 1 test); items unique except the planted repeats below."""
+    users = np.repeat(np.arange(1, 11), HELD_OUT_LENGTHS)
+    items = np.arange(100, 100 + len(users))
+    data = dataset.preprocess(readers.Interactions(
+        users=users, items=items, timestamps=np.arange(len(users)), path="h"), None,
+        split="held_out_users", min_user_interactions=2, split_seed=0)
+    return data
+
+
+def test_held_out_training_examples(held_out):
+    train = held_out.user_split == dataset.TRAIN
+    lengths = np.array(HELD_OUT_LENGTHS)
+    assert pipeline.num_train_examples(held_out) == int(np.sum(lengths[train] - 1))
+    iterator = iter(pipeline.make_train_dataset(held_out, max_seq_len=N, batch_size=4, seed=0))
+    targets = _targets(iterator, pipeline.num_train_examples(held_out) // 4)
+    owners = np.searchsorted(held_out.offsets, np.concatenate(
+        [np.flatnonzero(held_out.items == t) for t in targets]), side="right") - 1
+    assert set(owners) <= set(np.flatnonzero(train))
+
+
+@pytest.mark.parametrize("split,group", [("valid", dataset.VALID), ("test", dataset.TEST)])
+def test_held_out_eval_arrays(held_out, split, group):
+    arrays = pipeline.eval_arrays(held_out, split, max_seq_len=N)
+    (user,) = np.flatnonzero(held_out.user_split == group)
+    np.testing.assert_array_equal(arrays["users"], [user])
+    sequence = held_out.items[held_out.offsets[user]:held_out.offsets[user + 1]]
+    k = int(len(sequence) * 0.8)
+    inputs, targets = sequence[:k], sequence[k:]
+    history = arrays["history"][0]
+    np.testing.assert_array_equal(history[N - min(N, k):], inputs[-N:])
+    np.testing.assert_array_equal(arrays["targets"][0], targets)
+    assert arrays["target_mask"].all() and arrays["targets"].shape == (1, len(targets))
+    np.testing.assert_array_equal(arrays["exclude"][0], inputs)
+    assert set(arrays) == {"history", "targets", "target_mask", "exclude", "users"}
+
+
+def test_held_out_targets_deduplicated_and_not_excluded():
+    # Users 0..9 ascending; seed 0 puts users 8 (valid) and 1 (test) aside (checked below).
+    sequences = {u: list(range(10 * u + 1, 10 * u + 6)) for u in range(10)}
+    sequences[8] = [5, 6, 5, 7, 8, 9, 6, 9, 9, 5]  # input 5 6 5 7 8 9 6 9; targets 9 5
+    sequences[1] = [1, 2]  # input 1; target 2
+    users = np.concatenate([[u] * len(s) for u, s in sequences.items()])
+    items = np.concatenate(list(sequences.values()))
+    data = dataset.preprocess(readers.Interactions(
+        users=users, items=items, timestamps=np.arange(len(users)), path="d"), None,
+        split="held_out_users", min_user_interactions=2, split_seed=0)
+    assert np.flatnonzero(data.user_split == dataset.VALID).tolist() == [8]
+    assert np.flatnonzero(data.user_split == dataset.TEST).tolist() == [1]
+    raw = data.item_raw_ids
+    valid = pipeline.eval_arrays(data, "valid", max_seq_len=3)
+    assert raw[valid["targets"][0]].tolist() == [9, 5]
+    assert raw[valid["exclude"][0]].tolist() == [6, 7, 8, 6]  # the input without 5 and 9
+    assert raw[valid["history"][0]].tolist() == [9, 6, 9]
+    test = pipeline.eval_arrays(data, "test", max_seq_len=3)
+    assert raw[test["history"][0]].tolist() == [-1, -1, 1]
+    assert raw[test["targets"][0]].tolist() == [2]

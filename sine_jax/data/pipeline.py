@@ -1,7 +1,8 @@
 """Input pipeline: training batches (grain) and evaluation arrays, from `SequenceData`.
 
-Training examples: every position t >= 1 of each user's training sequence predicts item t
-from the up-to-n items before it. Examples are enumerated user by user, position by position:
+Training examples: every position t >= 1 of each user's training sequence (`SequenceData.
+train_bounds`: leave-one-out, all but the last two items; held-out users, the whole sequence
+of a training user) predicts item t from the up-to-n items before it. Examples are enumerated user by user, position by position:
 example e of user u (u's examples are example_offsets[u] .. example_offsets[u+1]-1) is position
 t = e - example_offsets[u] + 1.
 
@@ -13,7 +14,8 @@ Feistel network with cycle walking, keyed by (seed, epoch)), evaluated for a bat
 O(1) memory, no per-example Python. Batch s is a pure function of s, so the grain iterator's
 state is just the next step and `get_state()` / `set_state()` resume exactly.
 
-Shapes: B batch, n history length (max_seq_len), U users, H longest evaluation input.
+Shapes: B batch, n history length (max_seq_len), U users evaluated, H longest evaluation input,
+T most (distinct) targets of a held-out user.
 Histories are left-padded with 0: the most recent item is always at position n-1.
 """
 
@@ -23,7 +25,7 @@ import sys
 import grain
 import numpy as np
 
-from sine_jax.data.dataset import SequenceData
+from sine_jax.data.dataset import INPUT_FRACTION, TEST, VALID, SequenceData
 from sine_jax.errors import DataError
 
 _FEISTEL_ROUNDS = 6  # half-rounds, alternating which half is updated
@@ -34,7 +36,7 @@ _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=16)
 
 
 def num_train_examples(data: SequenceData) -> int:
-    """Sum over users of max(len(train_seq) - 1, 0): the examples of one epoch."""
+    """Sum over users of max(len(train_sequence) - 1, 0): the examples of one epoch."""
     return int(_example_offsets(data)[-1])
 
 
@@ -66,7 +68,7 @@ def make_train_dataset(data: SequenceData, *, max_seq_len: int, batch_size: int,
     if example_offsets[-1] == 0:
         raise DataError(f"{data.summary.get('source', 'dataset')}: no training examples: every "
                         f"user's training sequence has a single item (4+ interactions needed)")
-    batches = _TrainBatches(items=data.items, user_starts=data.offsets[:-1],
+    batches = _TrainBatches(items=data.items, user_starts=data.train_bounds()[0],
                             example_offsets=example_offsets, max_seq_len=max_seq_len,
                             batch_size=batch_size, seed=seed)
     steps = grain.MapDataset.range(sys.maxsize // batch_size)  # "infinite"; no int64 overflow
@@ -74,10 +76,12 @@ def make_train_dataset(data: SequenceData, *, max_seq_len: int, batch_size: int,
 
 
 def eval_arrays(data: SequenceData, split: str, *, max_seq_len: int) -> dict[str, np.ndarray]:
-    """Inputs and targets of every user for leave-one-out evaluation.
+    """Inputs and targets of the evaluated users, for `data.split`'s protocol.
 
-    The input sequence is the training sequence for "valid", and the training sequence plus
-    the validation target for "test".
+    leave_one_out (every user): the input sequence is the training sequence for "valid", and
+    the training sequence plus the validation target for "test"; one target.
+    held_out_users (the users of that split): the input is the first floor(0.8 len) items, the
+    targets are the distinct items of the rest, in order of first occurrence.
 
     Args:
         data: the dataset.
@@ -86,14 +90,21 @@ def eval_arrays(data: SequenceData, split: str, *, max_seq_len: int) -> dict[str
 
     Returns:
         history: int32 [U, n], the last n input items, left-padded with 0.
-        target: int32 [U].
-        exclude: int32 [U, H], every item of the input sequence (not only the last n), then 0s;
-            H = the longest input (>= 1).
+        exclude: int32 [U, H], every item of the input sequence (not only the last n), then
+            0s; for held_out_users without the user's targets; H = the longest list (>= 1).
+        leave_one_out:
+            target: int32 [U] (`metrics.target_ranks` never excludes it).
+        held_out_users:
+            targets: int32 [U, T], left-aligned, 0-padded; T = the most targets (>= 1).
+            target_mask: bool [U, T], targets > 0.
+            users: int64 [U], the evaluated users' indices in `data` (rows of `offsets`).
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r}; allowed: {', '.join(SPLITS)}")
     if max_seq_len < 1:
         raise ValueError(f"max_seq_len={max_seq_len}; need >= 1")
+    if data.split == "held_out_users":
+        return _held_out_arrays(data, split, max_seq_len)
     starts = data.offsets[:-1]
     input_lengths = np.diff(data.offsets) - (2 if split == "valid" else 1)
     ends = starts + input_lengths
@@ -108,9 +119,50 @@ def eval_arrays(data: SequenceData, split: str, *, max_seq_len: int) -> dict[str
     }
 
 
+def _held_out_arrays(data: SequenceData, split: str, n: int) -> dict[str, np.ndarray]:
+    users = np.flatnonzero(data.user_split == (VALID if split == "valid" else TEST))
+    starts, lengths = data.offsets[users], np.diff(data.offsets)[users]
+    input_lengths = np.floor(lengths * INPUT_FRACTION).astype(np.int64)  # ComiRec: int(0.8 len)
+    ends = starts + input_lengths
+    # Targets: (row, item) pairs of the rest of each sequence, first occurrences only.
+    target_rows = np.repeat(np.arange(len(users)), lengths - input_lengths)
+    target_items = data.items[_ranges(ends, starts + lengths)]
+    key = target_rows * (data.num_items + 1) + target_items
+    _, first = np.unique(key, return_index=True)
+    first = np.sort(first)
+    targets = _pad_rows(target_rows[first], target_items[first], len(users))
+    input_rows = np.repeat(np.arange(len(users)), input_lengths)
+    input_items = data.items[_ranges(starts, ends)]
+    not_target = ~np.isin(input_rows * (data.num_items + 1) + input_items, key[first])
+    return {
+        "history": _histories(data.items, starts, ends, n),
+        "targets": targets,
+        "target_mask": targets > 0,
+        "exclude": _pad_rows(input_rows[not_target], input_items[not_target], len(users)),
+        "users": users.astype(np.int64),
+    }
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """int64 [sum(ends - starts)]: the concatenated ranges starts[i]..ends[i]-1."""
+    lengths = ends - starts
+    offsets = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + np.arange(int(lengths.sum())) - offsets
+
+
+def _pad_rows(rows: np.ndarray, values: np.ndarray, num_rows: int) -> np.ndarray:
+    """int32 [R, W]: `values` of each row (rows ascending), left-aligned, 0-padded; W >= 1."""
+    counts = np.bincount(rows, minlength=num_rows)
+    out = np.zeros((num_rows, max(int(counts.max(initial=0)), 1)), np.int32)
+    columns = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    out[rows, columns] = values
+    return out
+
+
 def _example_offsets(data: SequenceData) -> np.ndarray:
     """[U+1] int64: user u's examples are example_offsets[u] .. example_offsets[u+1]-1."""
-    per_user = np.maximum(np.diff(data.offsets) - 3, 0)  # len(train_seq) - 1
+    starts, ends = data.train_bounds()
+    per_user = np.maximum(ends - starts - 1, 0)
     return np.concatenate([[0], np.cumsum(per_user)]).astype(np.int64)
 
 
