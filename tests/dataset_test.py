@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from sine_jax.data import cache as cache_lib
 from sine_jax.data import dataset, readers
 from sine_jax.errors import ConfigError, DataError
 
@@ -523,3 +524,14 @@ def test_cache_rebuilds_on_same_size_and_mtime_change_in_a_large_file(tmp_path):
     rebuilt = dataset.load_dataset(_config(path, format="interactions"), cache)
     assert first.summary["dropped"]["users_below_min_user_interactions"] == 0
     assert rebuilt.summary["dropped"]["users_below_min_user_interactions"] == 2
+
+
+def test_cache_without_file_locks(ratings, tmp_path, monkeypatch):
+    def no_locks(*args):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(cache_lib.fcntl, "flock", no_locks)
+    cache = str(tmp_path / "cache")
+    first = dataset.load_dataset(_config(ratings), cache)
+    assert len(glob.glob(os.path.join(cache, "dataset-*.npz"))) == 1
+    _assert_same(dataset.load_dataset(_config(ratings), cache), first)

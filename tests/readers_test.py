@@ -335,3 +335,9 @@ def test_skip_reports_new_formats(tmp_path):
     got = _read(tmp_path, "t.csv", "\xef\xbb\xbf" + "\n".join(rows) + "\n", fmt="taobao",
                 on_bad_row="skip")
     assert (len(got), got.num_bad_rows, got.bad_row_lines) == (4, 3, (4, 5, 6))
+
+
+def test_unwritable_work_dir_is_a_data_error(tmp_path):
+    path = _write(tmp_path, "t.csv", "1,2,3,pv,4\n")
+    with pytest.raises(DataError, match=r"t\.csv: parsing into .*missing failed: "):
+        readers.parse_log(path, "taobao", str(tmp_path / "missing"))

@@ -111,7 +111,11 @@ class Cache:
                 yield scratch, False
             return
         with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            except OSError as e:  # e.g. a file system without locks: renames stay atomic
+                logging.warning("Cannot lock %s (%s); building without the lock",
+                                self.lock_path, e)
             try:
                 for leftover in glob.glob(os.path.join(self.dir, f".tmp-{self.prefix}-*")):
                     if os.path.isdir(leftover):
@@ -125,7 +129,8 @@ class Cache:
                 finally:
                     shutil.rmtree(scratch, ignore_errors=True)
             finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                with contextlib.suppress(OSError):
+                    fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _atomic_write(self, path: str, write) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".tmp-{self.prefix}-")

@@ -43,7 +43,7 @@ ON_BAD_ROW = ("error", "skip")
 TAOBAO_BEHAVIORS = ("pv", "buy", "cart", "fav")
 _MAX_REPORTED_LINES = 10
 _DETECT_LINES = 10  # movielens: the variant is detected from this many first lines
-_NO_SEPARATOR = "\x1f"  # reads whole lines as one field (the unit separator never occurs)
+_NO_SEPARATOR = "\x1f"  # reads whole lines as one field (a line is cut at a unit separator)
 _CANONICAL_INT = r"^(0|[1-9][0-9]{0,17})$"  # fits int64
 _PARQUET_MAGIC = b"PAR1"
 _EVENTS_FILE = "events.parquet"
@@ -159,8 +159,9 @@ def parse_log(path: str, fmt: str, work_dir: str, *, on_bad_row: str = "error",
     events_path = os.path.join(work_dir, _EVENTS_FILE)
     try:
         parsed.sink_parquet(events_path, compression="lz4", engine="streaming")
-    except pl.exceptions.PolarsError as e:
-        raise DataError(f"{path}: cannot read: {str(e).splitlines()[0]}") from e
+    except (pl.exceptions.PolarsError, OSError) as e:  # unreadable input, full scratch disk
+        raise DataError(f"{path}: parsing into {work_dir} failed: "
+                        f"{str(e).splitlines()[0]}") from e
     table = pl.scan_parquet(events_path)
     counts = table.select(pl.len().alias("rows"), pl.col("_bad").sum().alias("bad"),
                           (~pl.col("_bad") & ~pl.col("_keep")).sum().alias("left_out")
