@@ -70,6 +70,7 @@ def get_config() -> config_dict.ConfigDict:
     train.warmup_steps = 0  # linear warm-up from 0 to the learning rate
     train.lr_decay = "constant"  # constant | cosine (to 0 at the last step)
     train.grad_clip_norm = 0.0  # global-norm gradient clipping; 0 = off
+    train.on_nonfinite = "stop"  # NaN/Inf loss or gradient: stop (keep the last good checkpoint) | skip the batch
     train.patience = 5  # evaluations without improvement before early stopping; 0 = never stop
     train.log_every_steps = 100  # progress line and TensorBoard scalars
 

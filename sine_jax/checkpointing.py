@@ -6,6 +6,7 @@ evaluations without improvement). The most recent `keep` checkpoints are kept, a
 best one (by validation metric) is never deleted.
 """
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable
@@ -15,6 +16,8 @@ import grain
 from absl import logging
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+from sine_jax.errors import SineError
 
 
 @dataclasses.dataclass
@@ -60,16 +63,31 @@ class Checkpointer:
         if step in self.manager.all_steps():
             return
         is_best = progress.best_step == step
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(data_iter),
-                progress=ocp.args.JsonSave(dataclasses.asdict(progress)),
-            ),
-            metrics={"best_marker": float(step) if is_best else -1.0},
-            force=True,
-        )
+        with self._write_errors(step):
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=grain.checkpoint.CheckpointSave(data_iter),
+                    progress=ocp.args.JsonSave(dataclasses.asdict(progress)),
+                ),
+                metrics={"best_marker": float(step) if is_best else -1.0},
+                force=True,
+            )
+
+    @contextlib.contextmanager
+    def _write_errors(self, step: int | None = None):
+        """A failed (possibly earlier, asynchronous) save becomes a one-line SineError."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - orbax/tensorstore wrap OS errors in many types
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            detail = first if len(first) <= 300 else first[:300] + "..."
+            at = "" if step is None else f" (saving step {step})"
+            raise SineError(
+                f"{self.directory}: writing a checkpoint failed{at}: {detail}; is the disk "
+                f"full or the directory read-only?"
+            ) from e
 
     def restore(self, step: int, abstract_state: Any, data_iter: Any) -> tuple[Any, Progress]:
         """Restores state (onto the shardings of `abstract_state`), iterator and progress."""
@@ -113,7 +131,8 @@ class Checkpointer:
         return restored["state"]
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._write_errors():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.close()

@@ -9,6 +9,7 @@ MODEL_NAMES = ("sine",)
 LOSS_NAMES = ("sampled_softmax", "full_softmax")
 LR_DECAYS = ("constant", "cosine")
 ON_BAD_ROW = ("error", "skip")
+ON_NONFINITE = ("stop", "skip")
 
 
 def _choice(value, field: str, allowed: tuple) -> None:
@@ -41,6 +42,7 @@ def validate(config: config_dict.ConfigDict, num_devices: int | None = None) -> 
     _choice(config.data.on_bad_row, "data.on_bad_row", ON_BAD_ROW)
     _choice(config.loss.name, "loss.name", LOSS_NAMES)
     _choice(config.train.lr_decay, "train.lr_decay", LR_DECAYS)
+    _choice(config.train.on_nonfinite, "train.on_nonfinite", ON_NONFINITE)
     _at_least(config.model.max_seq_len, "model.max_seq_len", 1)
     _at_least(config.loss.negatives_per_example, "loss.negatives_per_example", 1)
     _at_least(config.train.batch_size, "train.batch_size", 1)

@@ -36,20 +36,42 @@ _EXCLUDE_HISTORY = flags.DEFINE_bool(
 _SKIP_UNKNOWN = flags.DEFINE_bool(
     "skip_unknown", False, "recommend: drop unknown item ids (listed under 'unknown')."
 )
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "train: resume a workdir even though the config differs from the one it started with.",
+)
 flags.mark_flags_as_required(["workdir"])
 
 
 class _QuietLibraries(logging_std.Filter):
-    """Keeps INFO lines of sine_jax; libraries (orbax, grain, tensorboardX) show warnings only."""
+    """Keeps INFO lines of sine_jax; libraries (orbax, grain, asyncio, ...) show warnings only,
+    each as one line: their tracebacks are dropped (a failure the user can fix is reported
+    by sine_jax itself, in one line)."""
 
     def filter(self, record: logging_std.LogRecord) -> bool:
-        return record.levelno >= logging_std.WARNING or "/sine_jax/" in record.pathname
+        if "/sine_jax/" in record.pathname:
+            return True
+        if record.levelno < logging_std.WARNING:
+            return False
+        record.msg = record.getMessage().split("\n", 1)[0]
+        record.args, record.exc_info, record.exc_text, record.stack_info = (), None, None, None
+        return True
+
+
+def _one_line_unraisable(unraisable) -> None:
+    """Library callbacks that fail after a failed save (e.g. into orbax's closed event loop)
+    are logged in one line instead of a traceback each."""
+    logging.debug("ignored in a library callback: %r", unraisable.exc_value)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    # Orbax's async writes leave "exception never retrieved" futures when a save fails; the
+    # failure itself is reported by sine_jax.
+    logging_std.getLogger("asyncio").setLevel(logging_std.CRITICAL)
+    sys.unraisablehook = _one_line_unraisable
     mode = _MODE.value
     if mode == "recommend" and (_HISTORY.value is None) == (_HISTORIES.value is None):
         raise app.UsageError("--mode=recommend needs exactly one of --history, --histories")
@@ -61,6 +83,7 @@ def main(argv):
         else:
             _run(mode)
     except SineError as e:
+        logging.get_absl_handler().setLevel(logging_std.CRITICAL + 1)  # the error stays last
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
@@ -76,7 +99,9 @@ def _run(mode: str) -> None:
         print(json.dumps({"export": os.path.join(_WORKDIR.value, "export")}))
         return
     if mode == "train":
-        results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        results = train.train_and_evaluate(
+            _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value
+        )
     else:
         results = train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
     print(json.dumps({"test": results["test"], "valid": results["valid"],

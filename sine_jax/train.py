@@ -3,6 +3,7 @@
 Shapes: B global batch, n history length, D dim, M items.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -22,7 +23,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_dict
 
-from sine_jax import checkpointing, config_checks, evaluate, losses, model as model_lib
+from sine_jax import checkpointing, config_checks, evaluate, losses, run_config
+from sine_jax import model as model_lib
 from sine_jax.data import dataset as dataset_lib
 from sine_jax.data import pipeline
 from sine_jax.errors import SineError
@@ -36,6 +38,8 @@ class TrainState:
     step: jax.Array  # int32 []
     params: nnx.State
     opt_state: optax.OptState
+    nonfinite_steps: jax.Array  # int32 [], steps whose loss or gradient was NaN/Inf
+    first_nonfinite_step: jax.Array  # int32 [], the first such step (-1 = none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +104,13 @@ def create_train_state(
 
     def init():
         params = nnx.state(build(), nnx.Param)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            nonfinite_steps=jnp.zeros((), jnp.int32),
+            first_nonfinite_step=jnp.full((), -1, jnp.int32),
+        )
 
     abstract_state = jax.eval_shape(init)
     replicated = NamedSharding(mesh, P())
@@ -123,9 +133,12 @@ def encode(setup: Setup, params: nnx.State, history: jax.Array):
 
 def train_step(
     state: TrainState, batch: dict[str, jax.Array], *, setup: Setup, loss_config, lam: float,
-    base_rng: jax.Array,
+    base_rng: jax.Array, skip_nonfinite: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One Adam step on L = L_like + lambda L_c (eqs 9-11). Pure; no host syncs.
+
+    A step whose loss or gradient is not finite is counted in the state; with
+    `skip_nonfinite` its update is dropped (parameters and moments unchanged).
 
     Args:
       state: the train state.
@@ -157,10 +170,25 @@ def train_step(
         return like + lam * cov, (like, cov)
 
     (loss, (like, cov)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
-    metrics = {"loss": loss, "likelihood": like, "cov": cov, "grad_norm": optax.tree.norm(grads)}
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        params = jax.tree.map(keep, params, state.params)
+        opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+    first_bad = jnp.where(
+        (state.first_nonfinite_step < 0) & ~finite, state.step + 1, state.first_nonfinite_step
+    )
+    new_state = TrainState(
+        step=state.step + 1,
+        params=params,
+        opt_state=opt_state,
+        nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
+        first_nonfinite_step=first_bad,
+    )
+    metrics = {"loss": loss, "likelihood": like, "cov": cov, "grad_norm": grad_norm}
     return new_state, metrics
 
 
@@ -174,6 +202,7 @@ def make_step_fn(setup: Setup, config: config_dict.ConfigDict):
         loss_config=config.loss,
         lam=cov_weight(config),
         base_rng=jax.random.key(config.train.seed + 1),
+        skip_nonfinite=config.train.on_nonfinite == "skip",
     )
     return jax.jit(
         step,
@@ -234,15 +263,16 @@ class _Trainer:
         self.setup, self.state = create_train_state(
             config, self.data.num_items, self.mesh, self.total_steps
         )
-        self.train_iter = iter(
-            pipeline.make_train_dataset(
-                self.data, max_seq_len=n, batch_size=batch_size, seed=config.train.seed
-            )
+        train_dataset = pipeline.make_train_dataset(
+            self.data, max_seq_len=n, batch_size=batch_size, seed=config.train.seed
         )
+        self.make_iterator = lambda: iter(train_dataset)
+        self.train_iter = self.make_iterator()
         self.ckpt = checkpointing.Checkpointer(
             os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep
         )
         self.progress = checkpointing.Progress()
+        self._reported_nonfinite = 0
         self.rank_fn = evaluate.make_rank_fn(
             functools.partial(encode, self.setup),
             self.mesh,
@@ -288,13 +318,11 @@ class _Trainer:
         return results
 
     def _restore_latest(self) -> tuple[int, bool]:
-        """Restores the latest checkpoint if any; returns (step, early-stopped already)."""
-        latest = self.ckpt.latest_step()
-        if latest is None:
+        """Restores the newest usable checkpoint if any; returns (step, early-stopped already)."""
+        restored = self.ckpt.restore_latest(self.setup.abstract_state, self.make_iterator)
+        if restored is None:
             return 0, False
-        self.state, self.progress = self.ckpt.restore(
-            latest, self.setup.abstract_state, self.train_iter
-        )
+        latest, self.state, self.train_iter, self.progress = restored
         logging.info("resumed from checkpoint at step %d", latest)
         patience = self.config.train.patience
         return latest, patience > 0 and self.progress.evals_without_improvement >= patience
@@ -323,11 +351,13 @@ class _Trainer:
                 pending = (step, metrics, rate)
                 tick, tick_step = now, step
             if step % self.eval_every == 0 or step == self.total_steps:
+                self._check_finite()
                 stopped = self._record_eval(step, self.validate(self.state.params), writer)
                 last_eval = step
                 self.ckpt.save(step, self.state, self.train_iter, self.progress)
                 tick, tick_step = time.time(), step  # examples/s excludes evaluation
             elif step % config.checkpoint.every_steps == 0:
+                self._check_finite()
                 self.ckpt.save(step, self.state, self.train_iter, self.progress)
         if pending is not None:
             self._log(*pending, writer)
@@ -338,10 +368,10 @@ class _Trainer:
 
     def restore_best_params(self) -> nnx.State:
         """The parameters of the best checkpoint; sets `self.progress` from the latest one."""
-        latest = self.ckpt.latest_step()
-        if latest is None:
+        restored = self.ckpt.restore_latest(self.setup.abstract_state, self.make_iterator)
+        if restored is None:
             raise SineError(f"{self.ckpt.directory}: no checkpoint to evaluate; train first")
-        _, self.progress = self.ckpt.restore(latest, self.setup.abstract_state, self.train_iter)
+        self.progress = restored[3]
         best = self.ckpt.restore_state(self.progress.best_step, self.setup.abstract_state)
         return best.params
 
@@ -349,13 +379,28 @@ class _Trainer:
         start_time = time.time()
         return self._final_results(self.restore_best_params(), start_time)
 
+    def _check_finite(self) -> None:
+        """Stops (train.on_nonfinite=stop) or reports skipped batches; one host sync."""
+        count, first = jax.device_get(
+            (self.state.nonfinite_steps, self.state.first_nonfinite_step)
+        )
+        if count == 0:
+            return
+        if self.config.train.on_nonfinite == "skip":
+            if count > self._reported_nonfinite:
+                logging.warning("skipped %d batches with a non-finite loss or gradient", count)
+                self._reported_nonfinite = int(count)
+            return
+        self.ckpt.wait()
+        raise SineError(
+            f"step {first}: the loss or a gradient is not finite; stopped with the last good "
+            f"checkpoint (step {self.ckpt.latest_step()}) kept in {self.ckpt.directory}; try a "
+            f"lower train.learning_rate, train.grad_clip_norm, or train.on_nonfinite=skip"
+        )
+
     def _log(self, step: int, metrics, rate: float, writer: MetricWriter) -> None:
+        self._check_finite()
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not np.isfinite(values["loss"]):
-            raise SineError(
-                f"step {step}: the loss is {values['loss']}; the last good checkpoint is "
-                f"step {self.ckpt.latest_step()} in {self.ckpt.directory}"
-            )
         values["examples_per_sec"] = rate
         writer.write(step, {f"train/{k}": v for k, v in values.items()})
         epoch = step / self.steps_per_epoch
@@ -406,25 +451,54 @@ def restore_best(config: config_dict.ConfigDict, workdir: str) -> TrainedModel:
     Raises:
       SineError: WORKDIR has no checkpoint, or the data cannot be read.
     """
-    trainer = _Trainer(config, workdir)
-    try:
-        params = trainer.restore_best_params()
-    finally:
-        trainer.ckpt.close()
+    with _disk_errors(workdir):
+        trainer = _Trainer(config, workdir)
+        try:
+            params = trainer.restore_best_params()
+        finally:
+            trainer.ckpt.close()
     return TrainedModel(trainer.setup, params, trainer.data, trainer.progress.best_step)
 
 
 def evaluate_checkpoint(config: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
     """Validation and test metrics of the best checkpoint in WORKDIR (no training)."""
-    return _Trainer(config, workdir).evaluate_best()
+    with _disk_errors(workdir):
+        return _Trainer(config, workdir).evaluate_best()
 
 
-def train_and_evaluate(config: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: config_dict.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> dict[str, Any]:
     """Trains (resuming from WORKDIR/checkpoints), tests at the best checkpoint, writes
-    WORKDIR/results.json and returns its contents."""
-    results = _Trainer(config, workdir).run()
-    write_json_atomic(os.path.join(workdir, "results.json"), results)
+    WORKDIR/results.json and returns its contents.
+
+    Raises:
+      SineError: a bad config or input, a rerun with a different config (unless
+        `allow_config_change`), non-finite training, or an unwritable workdir.
+    """
+    with _disk_errors(workdir):
+        trainer = _Trainer(config, workdir)
+        run_config.check_or_record(config, workdir, allow_change=allow_config_change)
+        results = trainer.run()
+        write_json_atomic(os.path.join(workdir, "results.json"), results)
     return results
+
+
+@contextlib.contextmanager
+def _disk_errors(workdir: str):
+    """Turns a failing write (full disk, read-only or missing directory) into a SineError."""
+    try:
+        yield
+    except SineError:
+        raise
+    except Exception as e:  # noqa: BLE001 - only OS errors (possibly wrapped) are converted
+        cause = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        where = cause.filename or workdir
+        raise SineError(f"{where}: {cause.strerror or cause} (workdir {workdir})") from e
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
