@@ -10,6 +10,7 @@ LOSS_NAMES = ("sampled_softmax", "full_softmax")
 LR_DECAYS = ("constant", "cosine")
 ON_BAD_ROW = ("error", "skip")
 ON_NONFINITE = ("stop", "skip")
+SPLITS = ("leave_one_out", "held_out_users")
 
 
 def _choice(value, field: str, allowed: tuple) -> None:
@@ -41,6 +42,7 @@ def validate(config: config_dict.ConfigDict, num_devices: int | None = None) -> 
     _choice(config.model.name, "model.name", MODEL_NAMES)
     _choice(config.data.on_bad_row, "data.on_bad_row", ON_BAD_ROW)
     _choice(config.loss.name, "loss.name", LOSS_NAMES)
+    _choice(config.data.split, "data.split", SPLITS)
     _choice(config.train.lr_decay, "train.lr_decay", LR_DECAYS)
     _choice(config.train.on_nonfinite, "train.on_nonfinite", ON_NONFINITE)
     _at_least(config.model.max_seq_len, "model.max_seq_len", 1)
@@ -62,7 +64,9 @@ def validate(config: config_dict.ConfigDict, num_devices: int | None = None) -> 
         _at_least(config.loss.cov_weight, "loss.cov_weight", 0.0)
     if not config.eval.ks or any(k < 1 for k in config.eval.ks):
         raise ConfigError(f"eval.ks={tuple(config.eval.ks)} must be positive cut-offs")
-    allowed_metrics = tuple(f"{m}@{k}" for m in ("HR", "NDCG") for k in config.eval.ks)
+    held_out = config.data.split == "held_out_users"
+    names = ("Recall", "NDCG", "HitRate") if held_out else ("HR", "NDCG")
+    allowed_metrics = tuple(f"{m}@{k}" for m in names for k in config.eval.ks)
     _choice(config.eval.metric, "eval.metric", allowed_metrics)
     data_size = data_axis_size(config, num_devices)
     if config.train.batch_size % data_size:

@@ -24,58 +24,69 @@ def make_rank_fn(
 
     `encode(params, history)` returns (user vectors [B, D], item table [M + 1, D]).
     """
-    batch_sharding = NamedSharding(mesh, P("data"))
 
     def rank_fn(params, history, target, exclude):
         user_vectors, item_table = encode(params, history)
         return metrics.target_ranks(
-            user_vectors,
-            item_table,
-            target,
-            exclude if mask_history else None,
+            user_vectors, item_table, target, exclude if mask_history else None,
             chunk_size=chunk_size,
         )
 
-    return jax.jit(rank_fn, out_shardings=batch_sharding)
+    return jax.jit(rank_fn, out_shardings=NamedSharding(mesh, P("data")))
+
+
+def make_top_fn(
+    encode: EncodeFn, mesh: jax.sharding.Mesh, *, k: int, mask_history: bool, chunk_size: int
+) -> Callable:
+    """Jitted (params, history [B, n], exclude [B, H]) -> the k best items int32 [B, k]."""
+
+    def top_fn(params, history, exclude):
+        user_vectors, item_table = encode(params, history)
+        return metrics.top_items(
+            user_vectors, item_table, exclude if mask_history else None,
+            k=k, chunk_size=chunk_size,
+        )
+
+    return jax.jit(top_fn, out_shardings=NamedSharding(mesh, P("data")))
+
+
+def _batched(
+    fn: Callable, params, arrays: dict[str, np.ndarray], names: Sequence[str], *,
+    batch_size: int, mesh: jax.sharding.Mesh,
+) -> np.ndarray:
+    """fn(params, *arrays[names]) over all users in batches of `batch_size`.
+
+    The last batch is padded (zeros; a padded `target` is 1) so every call has the same
+    shapes (one compile); padded rows are dropped from the result.
+    """
+    batch_sharding = NamedSharding(mesh, P("data"))
+    num_users = len(arrays[names[0]])
+    outputs = []
+    for start in range(0, num_users, batch_size):
+        size = min(batch_size, num_users - start)
+        inputs = []
+        for name in names:
+            block = arrays[name][start : start + size]
+            pad = [(0, batch_size - size)] + [(0, 0)] * (block.ndim - 1)
+            block = np.pad(block, pad, constant_values=1 if name == "target" else 0)
+            inputs.append(jax.device_put(block, batch_sharding))
+        outputs.append((fn(params, *inputs), size))  # dispatched; read back below
+    return np.concatenate([np.asarray(out)[:size] for out, size in outputs])
 
 
 def compute_ranks(
-    rank_fn: Callable,
-    params,
-    arrays: dict[str, np.ndarray],
-    *,
-    batch_size: int,
+    rank_fn: Callable, params, arrays: dict[str, np.ndarray], *, batch_size: int,
     mesh: jax.sharding.Mesh,
 ) -> np.ndarray:
-    """Ranks of every user's target, in batches of `batch_size` (the last one padded).
-
-    Args:
-      arrays: history int32 [U, n], target int32 [U], exclude int32 [U, H].
-
-    Returns:
-      ranks: int [U].
-    """
-    batch_sharding = NamedSharding(mesh, P("data"))
-    num_users = len(arrays["target"])
-    ranks = []
-    for start in range(0, num_users, batch_size):
-        batch = {k: v[start : start + batch_size] for k, v in arrays.items()}
-        size = len(batch["target"])
-        if size < batch_size:  # static shapes: pad with a dummy user, dropped below
-            pad = batch_size - size
-            batch = {
-                "history": np.pad(batch["history"], ((0, pad), (0, 0))),
-                "target": np.pad(batch["target"], (0, pad), constant_values=1),
-                "exclude": np.pad(batch["exclude"], ((0, pad), (0, 0))),
-            }
-        batch = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
-        out = rank_fn(params, batch["history"], batch["target"], batch["exclude"])
-        ranks.append((out, size))
-    return np.concatenate([np.asarray(r)[:size] for r, size in ranks])
+    """Ranks int [U] of every user's target (leave-one-out arrays: history, target, exclude)."""
+    return _batched(
+        rank_fn, params, arrays, ("history", "target", "exclude"),
+        batch_size=batch_size, mesh=mesh,
+    )
 
 
 def evaluate(
-    rank_fn: Callable,
+    eval_fn: Callable,
     params,
     arrays: dict[str, np.ndarray],
     *,
@@ -83,9 +94,19 @@ def evaluate(
     mesh: jax.sharding.Mesh,
     ks: Sequence[int],
 ) -> dict[str, float]:
-    """HR@N and NDCG@N over all users of `arrays` (see `compute_ranks`)."""
-    ranks = compute_ranks(rank_fn, params, arrays, batch_size=batch_size, mesh=mesh)
-    return metrics.rank_metrics(ranks, ks)
+    """Metrics over all users of `arrays`.
+
+    Leave-one-out arrays (with `target`) take a `make_rank_fn` function and give HR@N and
+    NDCG@N; held-out-users arrays (with `targets`) take a `make_top_fn` function and give
+    Recall@N, NDCG@N and HitRate@N.
+    """
+    if "target" in arrays:
+        ranks = compute_ranks(eval_fn, params, arrays, batch_size=batch_size, mesh=mesh)
+        return metrics.rank_metrics(ranks, ks)
+    top = _batched(
+        eval_fn, params, arrays, ("history", "exclude"), batch_size=batch_size, mesh=mesh
+    )
+    return metrics.multi_target_metrics(top, arrays["targets"], ks)
 
 
 def popularity_metrics(

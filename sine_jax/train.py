@@ -273,16 +273,20 @@ class _Trainer:
         )
         self.progress = checkpointing.Progress()
         self._reported_nonfinite = 0
-        self.rank_fn = evaluate.make_rank_fn(
-            functools.partial(encode, self.setup),
-            self.mesh,
-            mask_history=config.eval.mask_history,
-            chunk_size=config.eval.item_chunk_size,
+        eval_kwargs = dict(
+            mask_history=config.eval.mask_history, chunk_size=config.eval.item_chunk_size
         )
+        encode_fn = functools.partial(encode, self.setup)
+        if config.data.split == "held_out_users":
+            self.eval_fn = evaluate.make_top_fn(
+                encode_fn, self.mesh, k=max(config.eval.ks), **eval_kwargs
+            )
+        else:
+            self.eval_fn = evaluate.make_rank_fn(encode_fn, self.mesh, **eval_kwargs)
 
     def validate(self, params) -> dict[str, float]:
         return evaluate.evaluate(
-            self.rank_fn, params, self.valid_arrays,
+            self.eval_fn, params, self.valid_arrays,
             batch_size=self.config.eval.batch_size, mesh=self.mesh, ks=self.config.eval.ks,
         )
 
@@ -413,8 +417,8 @@ class _Trainer:
     def _final_results(self, params, start_time: float) -> dict[str, Any]:
         cfg = self.config
         kwargs = dict(batch_size=cfg.eval.batch_size, mesh=self.mesh, ks=cfg.eval.ks)
-        valid = evaluate.evaluate(self.rank_fn, params, self.valid_arrays, **kwargs)
-        test = evaluate.evaluate(self.rank_fn, params, self.test_arrays, **kwargs)
+        valid = evaluate.evaluate(self.eval_fn, params, self.valid_arrays, **kwargs)
+        test = evaluate.evaluate(self.eval_fn, params, self.test_arrays, **kwargs)
         logging.info(
             "test at best step %d: %s",
             self.progress.best_step, " ".join(f"{k}={v:.4f}" for k, v in sorted(test.items())),

@@ -219,3 +219,15 @@ def test_cli_eval_mode_reproduces_training_results(tmp_path):
     assert json.loads(trained.stdout.splitlines()[-1]) == json.loads(
         evaluated.stdout.splitlines()[-1]
     )
+
+
+def test_held_out_users_protocol_end_to_end(tmp_path):
+    config = tiny_config()
+    config.data.split = "held_out_users"
+    config.eval.ks = (20, 50)
+    config.eval.metric = "Recall@20"
+    results = train.train_and_evaluate(config, str(tmp_path))
+    expected = {f"{m}@{k}" for m in ("Recall", "NDCG", "HitRate") for k in (20, 50)}
+    assert set(results["test"]) == expected == set(results["valid"])
+    assert all(0.0 <= v <= 1.0 for v in results["test"].values())
+    assert results["test"]["HitRate@50"] >= results["test"]["Recall@50"] > 0
