@@ -89,6 +89,9 @@ def main(argv):
 
 
 def _run(mode: str) -> None:
+    from sine_jax import host_memory
+
+    host_memory.keep_freed_memory_in_heap()  # before JAX allocates anything
     from sine_jax import train  # JAX starts here, after flags are parsed
 
     logging.info("devices: %s", train.jax.devices())
