@@ -1,7 +1,9 @@
 """Serving benchmark: user-encoder throughput and per-query retrieval latency (docs/serving.md).
 
-A trained run, through its export (write it first with --mode=export); queries are the
-validation users' histories:
+A trained run, through its export (write it first with --mode=export): encoder throughput,
+end-to-end latency of one `recommend` call, HR@N / NDCG@N of the recommendations for every
+user's validation and test target (compared with results.json), and retrieval with the
+validation users' vectors as queries:
 
   python -m launch.serving_benchmark --config=configs/movielens.py --workdir=runs/ml1m \
       --config.data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat \
@@ -13,7 +15,8 @@ A synthetic catalogue (retrieval only), random item embeddings, D = 128:
       --kinds=flat,ivf --ivf_lists=1024 --out=runs/serving_benchmark/synthetic_1m.json
 
 Latency is per query, one query per search call (p50 and p99 over --queries calls, after a
-warm-up); recall@100 is against exact search (IndexFlatIP) on the same queries.
+warm-up), with one faiss thread by default; recall@100 is against exact search (IndexFlatIP)
+on the same queries.
 """
 
 import json
@@ -35,7 +38,11 @@ _CATALOGUE = flags.DEFINE_enum(
     "clustered",
     ["gaussian", "clustered"],
     "Synthetic catalogue: i.i.d. N(0, 1) items and queries, or items and queries around "
-    "2000 Gaussian centres (noise 0.5): closer to learned embeddings.",
+    "2000 N(0, 1) centres plus N(0, noise^2) noise: closer to learned embeddings.",
+)
+_NOISE = flags.DEFINE_float("noise", 1.0, "Clustered catalogue: noise scale.")
+_THREADS = flags.DEFINE_integer(
+    "threads", 1, "faiss OpenMP threads (1: one query per core, as a service would run)."
 )
 _KINDS = flags.DEFINE_list("kinds", ["flat", "hnsw", "ivf"], "Indexes to measure.")
 _HNSW_EF_SEARCH = flags.DEFINE_list("hnsw_ef_search", ["64", "128", "256"], "HNSW efSearch.")
@@ -109,14 +116,48 @@ def synthetic_catalogue(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
         return items, rng.standard_normal((q, d), dtype=np.float32)
     centres = rng.standard_normal((2000, d), dtype=np.float32)
     items = centres[rng.integers(0, len(centres), m)]
-    items += 0.5 * rng.standard_normal((m, d), dtype=np.float32)
+    items += _NOISE.value * rng.standard_normal((m, d), dtype=np.float32)
     queries = centres[rng.integers(0, len(centres), q)]
-    queries += 0.5 * rng.standard_normal((q, d), dtype=np.float32)
+    queries += _NOISE.value * rng.standard_normal((q, d), dtype=np.float32)
     return items, queries
 
 
+def metrics_from_recommendations(data, recommender) -> dict:
+    """HR@N and NDCG@N of the top 100 recommended (history excluded) for each user's validation
+    and test target, and their largest difference from WORKDIR/results.json."""
+    with open(os.path.join(_WORKDIR.value, "results.json")) as f:
+        reference = json.load(f)
+    out = {}
+    for split, held_out in (("valid", 2), ("test", 1)):
+        starts, ends = data.offsets[:-1], data.offsets[1:] - held_out
+        histories = [data.item_raw_ids[data.items[s:e]].tolist() for s, e in zip(starts, ends)]
+        targets = data.item_raw_ids[data.items[ends]]
+        start = time.perf_counter()
+        results = recommender.recommend(histories, top_n=TOP_K)
+        seconds = time.perf_counter() - start
+        ranks = np.array(
+            [
+                r["items"].index(t) + 1 if t in r["items"] else TOP_K + 1
+                for r, t in zip(results, targets)
+            ]
+        )
+        metrics = {}
+        for k in (10, 50, 100):
+            metrics[f"HR@{k}"] = float(np.mean(ranks <= k))
+            metrics[f"NDCG@{k}"] = float(np.mean(np.where(ranks <= k, 1 / np.log2(1 + ranks), 0)))
+        out[split] = {
+            **metrics,
+            "max_abs_diff_vs_results_json": max(
+                abs(v - reference[split][k]) for k, v in metrics.items()
+            ),
+            "users": len(histories),
+            "users_per_s_end_to_end": len(histories) / seconds,
+        }
+    return out
+
+
 def trained_run(serving) -> dict:
-    """Encoder throughput and end-to-end latency of WORKDIR/export on validation users."""
+    """Encoder throughput, end-to-end latency and metrics of WORKDIR/export, validation users."""
     from sine_jax import train
 
     trained = train.restore_best(_CONFIG.value, _WORKDIR.value)
@@ -127,14 +168,14 @@ def trained_run(serving) -> dict:
     rows, _ = recommender.lookup(histories)
     result = {"num_items": recommender.num_items, "embed_dim": recommender.manifest["embed_dim"]}
 
-    recommender.encode_rows(rows)  # compiles every batch shape used below
     encode = {}
     for batch in (1, serving.MAX_BATCH):
-        count = max(batch, min(len(rows), 64 * batch))
+        recommender.encode_rows(rows[:batch])  # compiles this batch shape
+        calls = max(1, len(rows) // batch)
         start = time.perf_counter()
-        for first in range(0, count, batch):
-            recommender.encode_rows(rows[first % len(rows) :][:batch])
-        encode[f"batch_{batch}_users_per_s"] = count / (time.perf_counter() - start)
+        for first in range(0, calls * batch, batch):
+            recommender.encode_rows(rows[first : first + batch])
+        encode[f"batch_{batch}_users_per_s"] = calls * batch / (time.perf_counter() - start)
     result["encode"] = encode
 
     def recommend_one(i):
@@ -147,6 +188,7 @@ def trained_run(serving) -> dict:
         recommend_one(i)
         times.append(time.perf_counter() - start)
     result["recommend_one_history_flat"] = percentiles_ms(times)
+    result["metrics_from_recommendations"] = metrics_from_recommendations(data, recommender)
     queries = recommender.encode_rows(rows[: _QUERIES.value])["user_vector"]
     result["retrieval"] = retrieval(recommender.item_embeddings, queries, serving)
     return result
@@ -158,6 +200,7 @@ def main(argv):
 
     if (_WORKDIR.value is None) == (_NUM_ITEMS.value == 0):
         raise app.UsageError("give either --config and --workdir, or --num_items")
+    faiss.omp_set_num_threads(_THREADS.value)
     setup = {
         "faiss": faiss.__version__,
         "faiss_threads": faiss.omp_get_max_threads(),
@@ -170,6 +213,7 @@ def main(argv):
         items, queries = synthetic_catalogue(np.random.default_rng(_SEED.value))
         result = {
             "catalogue": _CATALOGUE.value,
+            "noise": _NOISE.value if _CATALOGUE.value == "clustered" else None,
             "num_items": len(items),
             "embed_dim": items.shape[1],
             "retrieval": retrieval(items, queries, serving),
