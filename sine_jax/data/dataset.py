@@ -430,8 +430,10 @@ def format_summary(data: SequenceData) -> str:
     if data.item_categories is None:
         lines.append("  no item categories")
     else:
+        several = s.get("items_with_several_categories")
         lines.append(f"  {s['categories']:,} categories; items without one: "
-                     f"{s['items_without_category']:,}")
+                     f"{s['items_without_category']:,}"
+                     + ("" if several is None else f"; with several (first kept): {several:,}"))
     return "\n".join(lines)
 
 
