@@ -5,7 +5,8 @@ best checkpoint:
 
   manifest.json          format, sizes, every file's shape and dtype, the index settings, the
                          config, the best step and its metrics, versions
-  item_ids.npy           int64 [M]: the original item id of each row
+  item_ids.npy           [M] the original item id of each row: int64, or unicode for string
+                         ids (Amazon ASINs; manifest "item_id_type": "int" | "str")
   item_embeddings.npy    float32 [M, D]: row r is the embedding of item item_ids[r]
   prototypes.npy         float32 [L, D]: the concept prototypes C
   item_metadata.json     {"titles": [M], "categories": [M]} when the dataset has metadata
@@ -139,7 +140,9 @@ def _write_files(
         np.save(os.path.join(tmp, f"{name}.npy"), array)
         files[name] = {"path": f"{name}.npy", "shape": list(array.shape), "dtype": str(array.dtype)}
 
-    save_array("item_ids", data.item_raw_ids[1:].astype(np.int64))
+    raw_ids = data.item_raw_ids[1:]
+    id_type = "int" if raw_ids.dtype.kind in "iu" else "str"
+    save_array("item_ids", raw_ids.astype(np.int64 if id_type == "int" else str))
     save_array("item_embeddings", table)
     save_array("prototypes", prototypes)
     if data.item_titles is not None or data.item_categories is not None:
@@ -199,6 +202,7 @@ def _write_files(
         "num_prototypes": prototypes.shape[0],
         "num_interests": config.model.num_interests,
         "max_seq_len": n,
+        "item_id_type": id_type,
         "exclude_history": config.eval.mask_history,
         "files": files,
         "index": index_info,

@@ -114,13 +114,10 @@ def _run(mode: str) -> None:
 def _recommend() -> None:
     from sine_jax import serving
 
-    if _HISTORY.value is not None:
-        histories = [({}, serving.parse_history(_HISTORY.value))]
-    else:
-        histories = serving.read_histories(_HISTORIES.value)
     serving.print_recommendations(
         os.path.join(_WORKDIR.value, "export"),
-        histories,
+        history=_HISTORY.value,
+        histories_path=_HISTORIES.value,
         top_n=_TOP_N.value,
         exclude_history=_EXCLUDE_HISTORY.value,
         explain=_EXPLAIN.value,

@@ -5,7 +5,8 @@ manifest, numpy arrays, the user encoder serialised with `jax.export`, and a fai
 module reads them with numpy, json, jax and faiss only, never the model code.
 
 Shapes: B histories, n the encoder's window (max_seq_len), K interests, D dim, M items.
-Ids: "item ids" are the dataset's original ids. Rows 0..M-1 index `item_ids.npy` and
+Ids: "item ids" are the dataset's original ids: integers, or strings for datasets with string
+ids such as Amazon's ASINs (the manifest's "item_id_type"). Rows 0..M-1 index `item_ids.npy` and
 `item_embeddings.npy` and label the faiss index; the encoder takes row + 1, 0 = padding.
 
 Rules:
@@ -19,6 +20,7 @@ Rules:
 """
 
 import json
+import numbers
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -36,6 +38,9 @@ FORMAT_VERSION = 1
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 ON_UNKNOWN = ("error", "skip")
 MAX_BATCH = 256  # histories encoded at once; smaller batches are padded to a power of two
+
+
+ItemId = int | str
 
 
 class UnknownItemError(SineError):
@@ -143,7 +148,8 @@ class Recommender:
 
     Attributes:
         manifest: the export's manifest.json.
-        item_ids: int64 [M] original id of each row.
+        item_ids: [M] original id of each row (int64, or unicode for string ids).
+        id_type: "int" or "str", the type of the item ids.
         item_embeddings: float32 [M, D].
         prototypes: float32 [L, D], the concept prototypes C.
         titles: [M] item titles, or None when the dataset had no metadata.
@@ -175,6 +181,7 @@ class Recommender:
             self.encoder = jax.export.deserialize(bytearray(f.read()))
         self.index = faiss.read_index(file("index"))
         self.max_seq_len = int(self.manifest["max_seq_len"])
+        self.id_type = self.manifest.get("item_id_type", "int")
         index_info = self.manifest["index"]
         self._search_args = {
             "ef_search": index_info.get("hnsw_ef_search", 128),
@@ -189,9 +196,11 @@ class Recommender:
     def num_items(self) -> int:
         return len(self.item_ids)
 
-    def rows(self, history: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(rows int64 [<= len] of the known ids in order, unknown ids int64 [...])."""
-        ids = np.asarray(list(history), dtype=np.int64)
+    def rows(self, history: Iterable[ItemId]) -> tuple[np.ndarray, np.ndarray]:
+        """(rows int64 [<= len] of the known ids in order, unknown ids [...]).
+
+        The ids must be of the export's id type (see `lookup`, which checks it)."""
+        ids = np.asarray(list(history), dtype=np.int64 if self.id_type == "int" else str)
         pos = np.minimum(np.searchsorted(self._sorted_ids, ids), self.num_items - 1)
         known = self._sorted_ids[pos] == ids
         return self._order[pos[known]], ids[~known]
@@ -247,13 +256,13 @@ class Recommender:
         return results
 
     def lookup(
-        self, histories: Sequence[Sequence[int]], on_unknown: str = "error"
+        self, histories: Sequence[Sequence[ItemId]], on_unknown: str = "error"
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Rows of each history's known ids and its unknown ids (the module's rules).
 
         Raises:
             UnknownItemError: an unknown id with on_unknown="error" (names history and id).
-            SineError: an empty history or a bad on_unknown.
+            SineError: an empty history, an id of the wrong type, or a bad on_unknown.
         """
         if on_unknown not in ON_UNKNOWN:
             raise SineError(f"on_unknown={on_unknown!r} is not one of {', '.join(ON_UNKNOWN)}")
@@ -261,6 +270,12 @@ class Recommender:
         for i, history in enumerate(histories):
             if len(history) == 0:
                 raise SineError(f"history {i + 1} is empty")
+            wrong = next((item for item in history if not self._has_id_type(item)), None)
+            if wrong is not None:
+                raise SineError(
+                    f"history {i + 1}: item id {wrong!r} is not of this export's id type "
+                    f"({self.id_type})"
+                )
             known, missing = self.rows(history)
             if len(missing) and on_unknown == "error":
                 raise UnknownItemError(
@@ -271,9 +286,14 @@ class Recommender:
             unknown.append(missing)
         return rows, unknown
 
+    def _has_id_type(self, item: Any) -> bool:
+        if self.id_type == "int":
+            return isinstance(item, numbers.Integral) and not isinstance(item, bool)
+        return isinstance(item, str)
+
     def recommend(
         self,
-        histories: Sequence[Sequence[int]],
+        histories: Sequence[Sequence[ItemId]],
         *,
         top_n: int = 10,
         exclude_history: bool = True,
@@ -297,7 +317,7 @@ class Recommender:
 
         Raises:
             UnknownItemError: an unknown id with on_unknown="error".
-            SineError: an empty history, top_n < 1 or a bad on_unknown.
+            SineError: an empty history, an id of the wrong type, top_n < 1 or a bad on_unknown.
         """
         if top_n < 1:
             raise SineError(f"top_n={top_n} must be >= 1")
@@ -341,7 +361,7 @@ class Recommender:
             )
         return {"interests": interests}
 
-    def item_titles(self, item_ids: Iterable[int]) -> list[str]:
+    def item_titles(self, item_ids: Iterable[ItemId]) -> list[str]:
         """Titles of original item ids ("" when unknown or without metadata)."""
         out = []
         for item in item_ids:
@@ -354,11 +374,16 @@ class Recommender:
 # Command line (`--mode=recommend`).
 
 
-def parse_history(text: str) -> list[int]:
-    """Parses "3,17,5" into [3, 17, 5] (original item ids, oldest first)."""
+def parse_history(text: str, id_type: str = "int") -> list[ItemId]:
+    """Parses "3,17,5" into [3, 17, 5] (or ["3", "17", "5"] for id_type "str"), oldest first."""
     ids = []
     for token in text.split(","):
         token = token.strip()
+        if id_type == "str":
+            if not token:
+                raise DataError(f"--history: empty item id in {text!r}")
+            ids.append(token)
+            continue
         try:
             ids.append(int(token))
         except ValueError:
@@ -366,11 +391,12 @@ def parse_history(text: str) -> list[int]:
     return ids
 
 
-def read_histories(path: str) -> list[tuple[dict[str, Any], list[int]]]:
+def read_histories(path: str, id_type: str = "int") -> list[tuple[dict[str, Any], list[ItemId]]]:
     """Reads a JSONL file of histories; blank lines are skipped.
 
-    Each line is a JSON array of original item ids (oldest first), or an object with such an
-    array under "history"; the object's other keys (e.g. "user") are copied to the output.
+    Each line is a JSON array of original item ids (oldest first; integers, or strings for
+    id_type "str"), or an object with such an array under "history"; the object's other keys
+    (e.g. "user") are copied to the output.
 
     Returns:
         Per history: (keys to copy, item ids).
@@ -383,6 +409,10 @@ def read_histories(path: str) -> list[tuple[dict[str, Any], list[int]]]:
             lines = f.read().splitlines()
     except OSError as e:
         raise DataError(f"{path}: {e.strerror}") from None
+    if id_type == "int":
+        kind, valid = "integer", lambda i: isinstance(i, int) and not isinstance(i, bool)
+    else:
+        kind, valid = "string", lambda i: isinstance(i, str)
     histories = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -395,11 +425,9 @@ def read_histories(path: str) -> list[tuple[dict[str, Any], list[int]]]:
         if isinstance(value, dict):
             extra = {k: v for k, v in value.items() if k != "history"}
             value = value.get("history")
-        if not isinstance(value, list) or not all(
-            isinstance(i, int) and not isinstance(i, bool) for i in value
-        ):
+        if not isinstance(value, list) or not all(valid(i) for i in value):
             raise DataError(
-                f'{path}:{number}: expected a list of integer item ids or {{"history": [...]}}'
+                f'{path}:{number}: expected a list of {kind} item ids or {{"history": [...]}}'
             )
         histories.append((extra, value))
     return histories
@@ -407,16 +435,29 @@ def read_histories(path: str) -> list[tuple[dict[str, Any], list[int]]]:
 
 def print_recommendations(
     export_dir: str,
-    histories: Sequence[tuple[dict[str, Any], list[int]]],
     *,
+    history: str | None,
+    histories_path: str | None,
     top_n: int,
     exclude_history: bool,
     explain: bool,
     on_unknown: str,
     out: IO[str] = sys.stdout,
 ) -> None:
-    """Prints one JSON object per history (its copied keys, then `Recommender.recommend`'s)."""
+    """`--mode=recommend`: one JSON object per history (its copied keys, then the result).
+
+    Args:
+        export_dir: the export.
+        history: "ID,ID,..." (one history), or None.
+        histories_path: a JSONL file of histories (see `read_histories`), or None.
+        top_n, exclude_history, explain, on_unknown: see `Recommender.recommend`.
+        out: where to print.
+    """
     recommender = Recommender(export_dir)
+    if history is not None:
+        histories = [({}, parse_history(history, recommender.id_type))]
+    else:
+        histories = read_histories(histories_path, recommender.id_type)
     recommender.lookup([ids for _, ids in histories], on_unknown)  # errors before any output
     step = 4 * MAX_BATCH
     for start in range(0, len(histories), step):

@@ -1,5 +1,6 @@
 """Export, retrieval index, recommend and explain (sine_jax/export.py, sine_jax/serving.py)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -303,6 +304,40 @@ def test_index_kinds_and_recall():
     assert serving.recall_against_exact(ivf, embeddings, queries, 100, probe=1) < full
     with pytest.raises(ConfigError, match="serving.index='annoy'"):
         serving.build_index(embeddings, "annoy")
+
+
+def test_string_item_ids(run, recommender, tmp_path):
+    _, trained = run
+    raw = trained.data.item_raw_ids
+    names = np.array([""] + [f"B{i:06d}" for i in raw[1:]])  # e.g. Amazon ASINs
+    renamed = dataclasses.replace(
+        trained, data=dataclasses.replace(trained.data, item_raw_ids=names)
+    )
+    manifest = export.write_export(str(tmp_path / "export"), renamed, tiny_config())
+    assert manifest["item_id_type"] == "str"
+    rec = serving.Recommender(str(tmp_path / "export"))
+    assert rec.item_ids.dtype.kind == "U" and rec.id_type == "str"
+    histories = _valid_histories(trained)[:5]
+    as_names = [[f"B{i:06d}" for i in h] for h in histories]
+    got = rec.recommend(as_names, top_n=8, explain=True, on_unknown="skip")
+    expected = recommender.recommend(histories, top_n=8, explain=True)
+    for g, e in zip(got, expected):
+        assert g["items"] == [f"B{i:06d}" for i in e["items"]]
+        assert g["scores"] == e["scores"] and g["unknown"] == []
+        assert [i["items"] for i in g["explain"]["interests"]] == [
+            [f"B{i:06d}" for i in interest["items"]] for interest in e["explain"]["interests"]
+        ]
+    assert rec.recommend([["nope", *as_names[0]]], on_unknown="skip")[0]["unknown"] == ["nope"]
+    with pytest.raises(SineError, match="history 1: item id 5 is not of this export's id type"):
+        rec.recommend([[5]])
+    with pytest.raises(SineError, match="item id 'B000001' is not of this export's id type"):
+        recommender.recommend([["B000001"]])
+    assert serving.parse_history("B01, B02", "str") == ["B01", "B02"]
+    path = tmp_path / "h.jsonl"
+    path.write_text('["B01", "B02"]\n')
+    assert serving.read_histories(str(path), "str") == [({}, ["B01", "B02"])]
+    with pytest.raises(DataError, match="expected a list of integer item ids"):
+        serving.read_histories(str(path))
 
 
 def test_missing_export_is_a_clear_error(tmp_path):
