@@ -122,16 +122,23 @@ def synthetic_catalogue(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
     return items, queries
 
 
-def metrics_from_recommendations(data, recommender) -> dict:
+def input_histories(data, arrays: dict[str, np.ndarray], column: str) -> list[list]:
+    """Per evaluated user, the original ids of the nonzero entries of arrays[column] [U, H]."""
+    return [data.item_raw_ids[row[row > 0]].tolist() for row in arrays[column]]
+
+
+def metrics_from_recommendations(data, recommender, max_seq_len: int) -> dict:
     """HR@N and NDCG@N of the top 100 recommended (history excluded) for each user's validation
-    and test target, and their largest difference from WORKDIR/results.json."""
+    and test target, and their largest difference from WORKDIR/results.json (leave-one-out)."""
+    from sine_jax.data import pipeline
+
     with open(os.path.join(_WORKDIR.value, "results.json")) as f:
         reference = json.load(f)
     out = {}
-    for split, held_out in (("valid", 2), ("test", 1)):
-        starts, ends = data.offsets[:-1], data.offsets[1:] - held_out
-        histories = [data.item_raw_ids[data.items[s:e]].tolist() for s, e in zip(starts, ends)]
-        targets = data.item_raw_ids[data.items[ends]]
+    for split in ("valid", "test"):
+        arrays = pipeline.eval_arrays(data, split, max_seq_len=max_seq_len)
+        histories = input_histories(data, arrays, "exclude")  # the whole input, in order
+        targets = data.item_raw_ids[arrays["target"]]
         start = time.perf_counter()
         results = recommender.recommend(histories, top_n=TOP_K)
         seconds = time.perf_counter() - start
@@ -159,11 +166,13 @@ def metrics_from_recommendations(data, recommender) -> dict:
 def trained_run(serving) -> dict:
     """Encoder throughput, end-to-end latency and metrics of WORKDIR/export, validation users."""
     from sine_jax import train
+    from sine_jax.data import pipeline
 
     trained = train.restore_best(_CONFIG.value, _WORKDIR.value)
     data = trained.data
-    users = range(min(_USERS.value, data.num_users))
-    histories = [data.item_raw_ids[data.train_sequence(u)].tolist() for u in users]
+    n = _CONFIG.value.model.max_seq_len
+    arrays = pipeline.eval_arrays(data, "valid", max_seq_len=n)
+    histories = input_histories(data, arrays, "history")[: _USERS.value]  # the encoder's window
     recommender = serving.Recommender(os.path.join(_WORKDIR.value, "export"))
     rows, _ = recommender.lookup(histories)
     result = {"num_items": recommender.num_items, "embed_dim": recommender.manifest["embed_dim"]}
@@ -188,7 +197,8 @@ def trained_run(serving) -> dict:
         recommend_one(i)
         times.append(time.perf_counter() - start)
     result["recommend_one_history_flat"] = percentiles_ms(times)
-    result["metrics_from_recommendations"] = metrics_from_recommendations(data, recommender)
+    if data.split == "leave_one_out":  # held-out users have several targets: not compared
+        result["metrics_from_recommendations"] = metrics_from_recommendations(data, recommender, n)
     queries = recommender.encode_rows(rows[: _QUERIES.value])["user_vector"]
     result["retrieval"] = retrieval(recommender.item_embeddings, queries, serving)
     return result
