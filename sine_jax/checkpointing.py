@@ -130,6 +130,38 @@ class Checkpointer:
         )
         return restored["state"]
 
+    def best_step(self) -> int | None:
+        """The best step recorded by the newest checkpoint whose progress record loads."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.manager.restore(
+                    step, args=ocp.args.Composite(progress=ocp.args.JsonRestore())
+                )
+            except Exception as e:  # any failure means: try the previous one
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                logging.warning(
+                    "checkpoint %s/%d: no progress record (%s)", self.directory, step, reason
+                )
+                continue
+            return Progress(**restored["progress"]).best_step
+        return None
+
+    def restore_params(self, step: int, abstract_params: Any) -> Any:
+        """Restores only `state.params` of checkpoint `step`, whatever else the saved state
+        holds (e.g. a train state written before fields were added to it)."""
+        item = {"params": abstract_params}
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=item,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                    partial_restore=True,
+                )
+            ),
+        )
+        return restored["state"]["params"]
+
     def wait(self) -> None:
         with self._write_errors():
             self.manager.wait_until_finished()

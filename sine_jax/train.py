@@ -450,7 +450,10 @@ class TrainedModel:
 
 
 def restore_best(config: config_dict.ConfigDict, workdir: str) -> TrainedModel:
-    """Loads the dataset of CONFIG and the best checkpoint of WORKDIR (no training).
+    """Loads the dataset of CONFIG and the parameters of WORKDIR's best checkpoint.
+
+    Only the parameters are read, so checkpoints whose train state had other fields (written
+    by an earlier version) still load.
 
     Raises:
       SineError: WORKDIR has no checkpoint, or the data cannot be read.
@@ -458,10 +461,13 @@ def restore_best(config: config_dict.ConfigDict, workdir: str) -> TrainedModel:
     with _disk_errors(workdir):
         trainer = _Trainer(config, workdir)
         try:
-            params = trainer.restore_best_params()
+            best_step = trainer.ckpt.best_step()
+            if best_step is None or best_step < 0:
+                raise SineError(f"{trainer.ckpt.directory}: no checkpoint to restore; train first")
+            params = trainer.ckpt.restore_params(best_step, trainer.setup.abstract_state.params)
         finally:
             trainer.ckpt.close()
-    return TrainedModel(trainer.setup, params, trainer.data, trainer.progress.best_step)
+    return TrainedModel(trainer.setup, params, trainer.data, best_step)
 
 
 def evaluate_checkpoint(config: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:

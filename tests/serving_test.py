@@ -8,13 +8,14 @@ import sys
 import textwrap
 
 import faiss
+import grain
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 from train_test import REPO, tiny_config
 
-from sine_jax import evaluate, export, serving, train
+from sine_jax import checkpointing, evaluate, export, serving, train
 from sine_jax.data import pipeline
 from sine_jax.errors import ConfigError, DataError, SineError
 
@@ -338,6 +339,28 @@ def test_string_item_ids(run, recommender, tmp_path):
     assert serving.read_histories(str(path), "str") == [({}, ["B01", "B02"])]
     with pytest.raises(DataError, match="expected a list of integer item ids"):
         serving.read_histories(str(path))
+
+
+def test_export_reads_checkpoints_of_an_older_train_state(run, tmp_path):
+    _, trained = run
+    # A train state without the fields that later versions added (e.g. nonfinite_steps).
+    old_state = {"step": jnp.int32(7), "params": trained.params, "opt_state": ()}
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=2)
+    data_iter = iter(grain.MapDataset.range(4).to_iter_dataset())
+    ckpt.save(7, old_state, data_iter, checkpointing.Progress(0.3, 7, 0))
+    ckpt.wait()
+    ckpt.close()
+    restored = train.restore_best(tiny_config(), str(tmp_path))
+    assert restored.best_step == 7
+    for name in ("item_embedding", "prototypes", "w3"):
+        np.testing.assert_array_equal(restored.params[name][...], trained.params[name][...])
+    manifest = export.write_export(str(tmp_path / "export"), restored, tiny_config())
+    assert manifest["best_step"] == 7
+
+
+def test_restore_best_without_checkpoints(tmp_path):
+    with pytest.raises(SineError, match="no checkpoint to restore; train first"):
+        train.restore_best(tiny_config(), str(tmp_path))
 
 
 def test_missing_export_is_a_clear_error(tmp_path):
