@@ -2,7 +2,7 @@
 
 `WORKDIR/config.json` is written when a run starts. Rerunning on the same workdir resumes,
 so the config must match it except for fields that only change the run's length or its
-bookkeeping (RESUMABLE_FIELDS); anything else is refused with the differing fields named,
+bookkeeping (RESUMABLE_FIELDS) and the export's settings (`serving.*`); anything else is refused with the differing fields named,
 unless the user passes `--allow_config_change`.
 """
 
@@ -24,6 +24,7 @@ RESUMABLE_FIELDS = (
     "data.cache_dir",
     "checkpoint.keep",
 )
+RESUMABLE_PREFIXES = ("serving.",)  # read by --mode=export only
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -39,12 +40,13 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Fields (dotted names) whose values differ, run-length fields excepted."""
+    """Fields (dotted names) whose values differ, run-length and export fields excepted."""
     old_flat, new_flat = flatten(old), flatten(new)
     names = sorted(set(old_flat) | set(new_flat))
     return [
         n for n in names
-        if n not in RESUMABLE_FIELDS and old_flat.get(n, "<absent>") != new_flat.get(n, "<absent>")
+        if n not in RESUMABLE_FIELDS and not n.startswith(RESUMABLE_PREFIXES)
+        and old_flat.get(n, "<absent>") != new_flat.get(n, "<absent>")
     ]
 
 

@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 from train_test import REPO, tiny_config
 
-from sine_jax import checkpointing, evaluate, export, serving, train
+from sine_jax import checkpointing, evaluate, export, run_config, serving, train
 from sine_jax.data import pipeline
 from sine_jax.errors import ConfigError, DataError, SineError
 
@@ -361,6 +361,16 @@ def test_export_reads_checkpoints_of_an_older_train_state(run, tmp_path):
 def test_restore_best_without_checkpoints(tmp_path):
     with pytest.raises(SineError, match="no checkpoint to restore; train first"):
         train.restore_best(tiny_config(), str(tmp_path))
+
+
+def test_serving_fields_do_not_block_resuming():
+    old = tiny_config().to_dict()
+    del old["serving"]  # a run recorded before the serving fields existed
+    new = tiny_config()
+    new.serving.index = "hnsw"
+    assert run_config.differing_fields(old, new.to_dict()) == []
+    new.model.embed_dim = 8
+    assert run_config.differing_fields(old, new.to_dict()) == ["model.embed_dim"]
 
 
 def test_missing_export_is_a_clear_error(tmp_path):
