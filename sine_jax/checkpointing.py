@@ -116,7 +116,8 @@ class Checkpointer:
             except Exception as e:  # noqa: BLE001 - any failure means: try the previous one
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
                 logging.warning(
-                    "checkpoint %s/%d is damaged or partial (%s); trying the previous one",
+                    "checkpoint %s/%d is damaged, partial or from an incompatible version (%s); "
+                    "trying the previous one",
                     self.directory, step, reason,
                 )
                 continue

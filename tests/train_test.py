@@ -194,13 +194,6 @@ def test_cli_reports_a_missing_data_file_in_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_cli_says_which_reader_is_missing_for_taobao(tmp_path):
-    proc = _cli("--config=configs/taobao.py", f"--workdir={tmp_path}",
-                f"--config.data.path={tmp_path}/UserBehavior.csv")
-    assert proc.returncode == 2
-    assert "taobao" in proc.stderr and "Traceback" not in proc.stderr
-
-
 def test_cli_eval_mode_reproduces_training_results(tmp_path):
     config_args = [
         "--config=configs/synthetic.py",
