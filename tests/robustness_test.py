@@ -9,19 +9,11 @@ import sys
 import time
 
 import pytest
+from train_test import REPO, TINY_ARGS
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
-    "--config=configs/synthetic.py",
-    "--config.data.synthetic.num_users=300",
-    "--config.data.synthetic.num_items=200",
-    "--config.data.synthetic.num_categories=10",
-    "--config.model.embed_dim=16",
-    "--config.model.num_prototypes=10",
-    "--config.train.batch_size=64",
-    "--config.train.num_epochs=2",
+    *TINY_ARGS,
     "--config.train.log_every_steps=5",
-    "--config.eval.every_steps=40",
     "--config.checkpoint.every_steps=10",
 ]
 

@@ -13,25 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from train_test import REPO, tiny_config
+from train_test import REPO, TINY_ARGS, tiny_config
 
 from sine_jax import checkpointing, evaluate, export, run_config, serving, train
 from sine_jax.data import pipeline
 from sine_jax.errors import ConfigError, DataError, SineError
-
-# The command-line form of tiny_config() (what `export` needs to rebuild the same model).
-TINY_ARGS = (
-    "--config=configs/synthetic.py",
-    "--config.data.synthetic.num_users=300",
-    "--config.data.synthetic.num_items=200",
-    "--config.data.synthetic.num_categories=10",
-    "--config.model.embed_dim=16",
-    "--config.model.num_prototypes=10",
-    "--config.train.batch_size=64",
-    "--config.train.num_epochs=2",
-    "--config.eval.every_steps=40",
-)
-
 
 def _cli(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")

@@ -36,6 +36,20 @@ def tiny_config():
     return config
 
 
+# The command-line form of tiny_config() (what `export` needs to rebuild the same model).
+TINY_ARGS = (
+    "--config=configs/synthetic.py",
+    "--config.data.synthetic.num_users=300",
+    "--config.data.synthetic.num_items=200",
+    "--config.data.synthetic.num_categories=10",
+    "--config.model.embed_dim=16",
+    "--config.model.num_prototypes=10",
+    "--config.train.batch_size=64",
+    "--config.train.num_epochs=2",
+    "--config.eval.every_steps=40",
+)
+
+
 @pytest.fixture(scope="module")
 def synthetic_results(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("synthetic"))
