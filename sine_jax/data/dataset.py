@@ -348,10 +348,8 @@ def _encode(events: pl.LazyFrame) -> tuple[_Codes, tuple[np.ndarray, ...]]:
              .join(item_table.lazy().select("item", "i"), on="item", maintain_order="left")
              .select(pl.col("u").cast(pl.Int32), pl.col("i").cast(pl.Int32), "timestamp", "line")
              .collect(engine="streaming"))
-    lines = coded["line"].to_numpy()
-    if np.any(lines[1:] < lines[:-1]):  # not expected: polars keeps the left order
+    if coded.select((pl.col("line").diff() < 0).any()).item():  # not expected (left order)
         coded = coded.sort("line")
-    del lines
     item_category, names, several = None, (), None
     if has_category:
         category = item_table["category"]
@@ -361,7 +359,11 @@ def _encode(events: pl.LazyFrame) -> tuple[_Codes, tuple[np.ndarray, ...]]:
     codes = _Codes(user_ids=_raw_ids(user_table["user"]), item_ids=_raw_ids(item_table["item"]),
                    item_category=item_category, category_names=names,
                    items_with_several_categories=several)
-    return codes, (coded["u"].to_numpy(), coded["i"].to_numpy(), coded["timestamp"].to_numpy())
+    arrays = []
+    for name in ("u", "i", "timestamp"):  # one column at a time: to_numpy copies chunked data
+        arrays.append(coded.get_column(name).to_numpy())
+        coded = coded.drop(name)
+    return codes, tuple(arrays)
 
 
 def _time_order(users: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
