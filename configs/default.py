@@ -73,6 +73,11 @@ def get_config() -> config_dict.ConfigDict:
     train.on_nonfinite = "stop"  # NaN/Inf loss or gradient: stop (keep the last good checkpoint) | skip the batch
     train.patience = 5  # evaluations without improvement before early stopping; 0 = never stop
     train.log_every_steps = 100  # progress line and TensorBoard scalars
+    # Row-sparse ("lazy") Adam for the item table: only the rows a batch touches (history,
+    # targets, negatives) and their moments are updated, so a step costs the same for 40k or
+    # 4M items. None = on when the catalogue has more items than a batch touches at most.
+    train.sparse_item_updates = config_dict.placeholder(bool)
+    train.compute_dtype = "float32"  # float32 | bfloat16 (bf16 compute, f32 master weights)
 
     config.eval = eval_ = config_dict.ConfigDict()
     eval_.every_steps = 1000  # periodic validation (0 = once per epoch)
@@ -96,5 +101,8 @@ def get_config() -> config_dict.ConfigDict:
     serving.recall_users = 1000  # validation users for an approximate index's recall@100 (0 = skip)
 
     config.mesh = mesh = config_dict.ConfigDict()
-    mesh.data = -1  # devices on the 'data' axis; -1 = all
+    mesh.data = -1  # devices on the 'data' axis (batches split over it); -1 = all left
+    mesh.model = 1  # devices on the 'model' axis (the item table's rows split over it)
+    mesh.shard_prototypes = False  # also split the prototype pool's rows over 'model'
+    mesh.distributed = False  # multi-host: jax.distributed.initialize() from the environment
     return config

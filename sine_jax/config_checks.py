@@ -11,6 +11,7 @@ LR_DECAYS = ("constant", "cosine")
 ON_BAD_ROW = ("error", "skip")
 ON_NONFINITE = ("stop", "skip")
 SPLITS = ("leave_one_out", "held_out_users")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def _choice(value, field: str, allowed: tuple) -> None:
@@ -23,17 +24,28 @@ def _at_least(value, field: str, minimum) -> None:
         raise ConfigError(f"{field}={value} must be >= {minimum}")
 
 
-def data_axis_size(config: config_dict.ConfigDict, num_devices: int) -> int:
-    """Devices on the 'data' mesh axis (mesh.data, -1 = all), checked against the devices."""
-    size = config.mesh.data
-    if size == -1:
-        return num_devices
-    if size < 1 or num_devices % size:
+def mesh_shape(config: config_dict.ConfigDict, num_devices: int) -> tuple[int, int]:
+    """(data, model) axis sizes from mesh.data (-1 = the devices left) and mesh.model."""
+    model = config.mesh.model
+    if not isinstance(model, int) or model < 1 or num_devices % model:
         raise ConfigError(
-            f"mesh.data={size} does not fit the {num_devices} visible device(s): use -1 or a "
+            f"mesh.model={model} does not fit the {num_devices} visible device(s): use a "
             f"divisor of {num_devices}"
         )
-    return size
+    data = config.mesh.data
+    if data == -1:
+        return num_devices // model, model
+    if data < 1 or num_devices % (data * model):
+        raise ConfigError(
+            f"mesh.data={data} x mesh.model={model} does not fit the {num_devices} visible "
+            f"device(s): use mesh.data=-1 or sizes whose product divides {num_devices}"
+        )
+    return data, model
+
+
+def data_axis_size(config: config_dict.ConfigDict, num_devices: int) -> int:
+    """Devices on the 'data' mesh axis, checked against the devices."""
+    return mesh_shape(config, num_devices)[0]
 
 
 def validate(config: config_dict.ConfigDict, num_devices: int | None = None) -> None:
@@ -45,6 +57,18 @@ def validate(config: config_dict.ConfigDict, num_devices: int | None = None) -> 
     _choice(config.data.split, "data.split", SPLITS)
     _choice(config.train.lr_decay, "train.lr_decay", LR_DECAYS)
     _choice(config.train.on_nonfinite, "train.on_nonfinite", ON_NONFINITE)
+    _choice(config.train.compute_dtype, "train.compute_dtype", COMPUTE_DTYPES)
+    if config.train.sparse_item_updates and config.loss.name == "full_softmax":
+        raise ConfigError(
+            "train.sparse_item_updates=True needs loss.name=sampled_softmax: the full softmax "
+            "touches every row of the item table"
+        )
+    _, model_size = mesh_shape(config, num_devices)
+    if config.mesh.shard_prototypes and config.model.num_prototypes % model_size:
+        raise ConfigError(
+            f"mesh.shard_prototypes=True needs model.num_prototypes="
+            f"{config.model.num_prototypes} divisible by mesh.model={model_size}"
+        )
     _at_least(config.model.max_seq_len, "model.max_seq_len", 1)
     _at_least(config.loss.negatives_per_example, "loss.negatives_per_example", 1)
     _at_least(config.train.batch_size, "train.batch_size", 1)

@@ -4,6 +4,7 @@ Shapes: U users evaluated, B users per batch, n history length, H exclusion-list
 D dim, M items.
 """
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -17,37 +18,68 @@ from sine_jax import metrics
 EncodeFn = Callable[[object, jax.Array], tuple[jax.Array, jax.Array]]
 
 
+def _table_sharded(mesh: jax.sharding.Mesh) -> bool:
+    """Whether the item table is split row-wise over a 'model' axis of size > 1."""
+    return mesh.shape.get("model", 1) > 1
+
+
 def make_rank_fn(
-    encode: EncodeFn, mesh: jax.sharding.Mesh, *, mask_history: bool, chunk_size: int
+    encode: EncodeFn,
+    mesh: jax.sharding.Mesh,
+    *,
+    mask_history: bool,
+    chunk_size: int,
+    num_items: int,
 ) -> Callable:
     """Jitted (params, history [B, n], target [B], exclude [B, H]) -> ranks int32 [B].
 
-    `encode(params, history)` returns (user vectors [B, D], item table [M + 1, D]).
+    `encode(params, history)` returns (user vectors [B, D], item table [R, D]); rows after
+    `num_items` (M) are pad rows, never ranked. On a mesh with a 'model' axis of size > 1 the
+    table's rows are split over it (`metrics.sharded_target_ranks`); the ranks are the same.
     """
+    ranks = (
+        functools.partial(metrics.sharded_target_ranks, mesh=mesh)
+        if _table_sharded(mesh) else metrics.target_ranks
+    )
 
     def rank_fn(params, history, target, exclude):
         user_vectors, item_table = encode(params, history)
-        return metrics.target_ranks(
+        return ranks(
             user_vectors, item_table, target, exclude if mask_history else None,
-            chunk_size=chunk_size,
+            num_items=num_items, chunk_size=chunk_size,
         )
 
-    return jax.jit(rank_fn, out_shardings=NamedSharding(mesh, P("data")))
+    # Replicated outputs: every process can read them (multi-host runs).
+    return jax.jit(rank_fn, out_shardings=NamedSharding(mesh, P()))
 
 
 def make_top_fn(
-    encode: EncodeFn, mesh: jax.sharding.Mesh, *, k: int, mask_history: bool, chunk_size: int
+    encode: EncodeFn,
+    mesh: jax.sharding.Mesh,
+    *,
+    k: int,
+    mask_history: bool,
+    chunk_size: int,
+    num_items: int,
 ) -> Callable:
-    """Jitted (params, history [B, n], exclude [B, H]) -> the k best items int32 [B, k]."""
+    """Jitted (params, history [B, n], exclude [B, H]) -> the k best items int32 [B, k].
+
+    `encode` and `num_items` as `make_rank_fn`; on a mesh with a 'model' axis of size > 1 the
+    table's rows are split over it (`metrics.sharded_top_items`); the lists are the same.
+    """
+    top = (
+        functools.partial(metrics.sharded_top_items, mesh=mesh)
+        if _table_sharded(mesh) else metrics.top_items
+    )
 
     def top_fn(params, history, exclude):
         user_vectors, item_table = encode(params, history)
-        return metrics.top_items(
+        return top(
             user_vectors, item_table, exclude if mask_history else None,
-            k=k, chunk_size=chunk_size,
+            k=k, num_items=num_items, chunk_size=chunk_size,
         )
 
-    return jax.jit(top_fn, out_shardings=NamedSharding(mesh, P("data")))
+    return jax.jit(top_fn, out_shardings=NamedSharding(mesh, P()))
 
 
 def _batched(

@@ -130,9 +130,10 @@ def _write_files(
 ) -> dict[str, Any]:
     """Writes every file of the export into `tmp`; returns the manifest."""
     data, params = trained.data, trained.params
-    table = np.asarray(params["item_embedding"][...], np.float32)[1:]  # [M, D]
+    num_items = data.num_items  # the table may have padding rows past M (sharded training)
+    table = np.asarray(params["item_embedding"][...], np.float32)[1 : num_items + 1]  # [M, D]
     prototypes = np.asarray(params["prototypes"][...], np.float32)  # [L, D]
-    num_items, dim = table.shape
+    dim = table.shape[1]
     n = config.model.max_seq_len
     files = {}
 

@@ -30,38 +30,38 @@ def log_uniform_prob(ids: jax.Array, num_items: int) -> jax.Array:
 
 def sampled_softmax_loss(
     user_vectors: jax.Array,
-    item_table: jax.Array,
+    target_rows: jax.Array,
+    sampled_rows: jax.Array,
     targets: jax.Array,
-    rng: jax.Array,
-    num_samples: int,
+    sampled: jax.Array,
+    num_items: int,
     *,
     logq_correction: bool = True,
     remove_accidental_hits: bool = True,
 ) -> jax.Array:
     """Sampled softmax of eq 9 with negatives shared by the batch.
 
-    The true item competes with S log-uniform samples; with `logq_correction`,
-    log(S q(i)) is subtracted from every logit (true and sampled), which makes the loss an
-    unbiased-in-the-limit estimate of the full softmax; samples equal to an example's target
-    are masked out of that example's softmax (`remove_accidental_hits`). When S >= M the
-    exact full softmax is used instead.
+    The true item competes with the S sampled ids (drawn by `log_uniform_sample`); with
+    `logq_correction`, log(S q(i)) is subtracted from every logit (true and sampled), which
+    makes the loss an unbiased-in-the-limit estimate of the full softmax; samples equal to an
+    example's target are masked out of that example's softmax (`remove_accidental_hits`).
+    The caller gathers the rows, so they can come from the whole table or from the rows a
+    step touches (row-sparse updates).
 
     Args:
       user_vectors: [B, D] user representations v^u.
-      item_table: [M + 1, D] item embeddings H (row 0 = padding, never a candidate).
+      target_rows: [B, D] embeddings of the targets.
+      sampled_rows: [S, D] embeddings of the sampled ids.
       targets: int32 [B] target ids in 1..M.
-      rng: PRNG key for the negatives.
-      num_samples: S.
+      sampled: int32 [S] sampled ids in 1..M.
+      num_items: M.
 
     Returns:
       loss: [B] per-example negative log-likelihood.
     """
-    num_items = item_table.shape[0] - 1
-    if num_samples >= num_items:
-        return full_softmax_loss(user_vectors, item_table, targets)
-    sampled = log_uniform_sample(rng, num_samples, num_items)  # [S]
-    true_logits = jnp.sum(user_vectors * item_table[targets], axis=-1)  # [B]
-    sampled_logits = user_vectors @ item_table[sampled].T  # [B, S]
+    num_samples = sampled.shape[0]
+    true_logits = jnp.sum(user_vectors * target_rows, axis=-1)  # [B]
+    sampled_logits = user_vectors @ sampled_rows.T  # [B, S]
     if logq_correction:
         true_logits -= jnp.log(num_samples * log_uniform_prob(targets, num_items))
         sampled_logits -= jnp.log(num_samples * log_uniform_prob(sampled, num_items))[None, :]
@@ -73,18 +73,24 @@ def sampled_softmax_loss(
 
 
 def full_softmax_loss(
-    user_vectors: jax.Array, item_table: jax.Array, targets: jax.Array
+    user_vectors: jax.Array, item_table: jax.Array, targets: jax.Array, num_items: int
 ) -> jax.Array:
-    """Exact eq 9: softmax over all items 1..M (the padding row is excluded).
+    """Exact eq 9: softmax over all items 1..M.
+
+    Row 0 (padding) and rows past M (padding added to split the table over devices) are
+    left out; the table stays whole (no slicing), so a row-sharded table stays sharded.
 
     Args:
-      user_vectors: [B, D]; item_table: [M + 1, D]; targets: int32 [B] in 1..M.
+      user_vectors: [B, D]; item_table: [R, D] with R >= M + 1; targets: int32 [B] in 1..M;
+      num_items: M.
 
     Returns:
       loss: [B] per-example negative log-likelihood.
     """
-    logits = user_vectors @ item_table[1:].T  # [B, M]
-    true_logits = jnp.take_along_axis(logits, (targets - 1)[:, None], axis=1)[:, 0]
+    logits = user_vectors @ item_table.T  # [B, R]
+    ids = jnp.arange(item_table.shape[0])
+    logits = jnp.where((ids >= 1) & (ids <= num_items), logits, -jnp.inf)
+    true_logits = jnp.sum(user_vectors * item_table[targets], axis=-1)
     return jax.nn.logsumexp(logits, axis=1) - true_logits
 
 

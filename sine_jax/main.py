@@ -12,6 +12,7 @@ import json
 import logging as logging_std
 import os
 import sys
+import warnings
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -71,6 +72,9 @@ def main(argv):
     # Orbax's async writes leave "exception never retrieved" futures when a save fails; the
     # failure itself is reported by sine_jax.
     logging_std.getLogger("asyncio").setLevel(logging_std.CRITICAL)
+    # ... and, at exit, may leave a coroutine of a failed save never awaited, whose warning
+    # would otherwise come after the one-line error.
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited")
     sys.unraisablehook = _one_line_unraisable
     mode = _MODE.value
     if mode == "recommend" and (_HISTORY.value is None) == (_HISTORIES.value is None):
@@ -94,6 +98,8 @@ def _run(mode: str) -> None:
     host_memory.keep_freed_memory_in_heap()  # before JAX allocates anything
     from sine_jax import train  # JAX starts here, after flags are parsed
 
+    if _CONFIG.value.mesh.distributed:
+        _initialize_distributed()  # before the first device query
     logging.info("devices: %s", train.jax.devices())
     if mode == "export":
         from sine_jax import export
@@ -109,6 +115,33 @@ def _run(mode: str) -> None:
         results = train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
     print(json.dumps({"test": results["test"], "valid": results["valid"],
                       "best_step": results["best_step"]}, sort_keys=True))
+
+
+def _initialize_distributed() -> None:
+    """mesh.distributed: joins the multi-host job (see launch/multihost_example.sh).
+
+    JAX reads the coordinator (JAX_COORDINATOR_ADDRESS) itself and detects SLURM, Open MPI
+    and Cloud TPU; the process count and this process's id come from JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID when set (JAX does not read those two)."""
+    import jax
+
+    kwargs = {}
+    for name, arg in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        value = os.environ.get(name, "")
+        if value and not value.isdigit():
+            raise SineError(f"{name}={value!r} must be a non-negative integer")
+        if value:
+            kwargs[arg] = int(value)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except Exception as e:  # ValueError, RuntimeError, a timeout reaching the coordinator, ...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SineError(
+            f"mesh.distributed=True: jax.distributed.initialize() failed ({reason}); on every "
+            "host set JAX_COORDINATOR_ADDRESS=HOST:PORT (process 0's host), JAX_NUM_PROCESSES "
+            "and JAX_PROCESS_ID, or run under SLURM / Open MPI, which are detected"
+        ) from e
+    logging.info("process %d of %d", jax.process_index(), jax.process_count())
 
 
 def _recommend() -> None:

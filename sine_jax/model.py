@@ -64,12 +64,39 @@ def masked_softmax(logits: jax.Array, mask: jax.Array, axis: int = -1) -> jax.Ar
     return jnp.where(mask, jax.nn.softmax(masked, axis=axis), 0.0)
 
 
+def project_items(table: jax.Array, ids: jax.Array, w: jax.Array) -> jax.Array:
+    """table[ids] @ w with row 0 (padding) read as zeros, for a weight w [D, ...] acting on
+    the last axis of the rows.
+
+    Exact either way; when the table has fewer rows than `ids` has entries, every row is
+    projected once and the products are gathered (a 3,706-item table against a batch of
+    1,024 x 20 positions: 5.5x fewer FLOPs, forward and backward).
+
+    Args:
+        table: [R, D] item rows.
+        ids: int [...] row indices.
+        w: [D, *F] weights (e.g. [D, H] or, for K stacked MLPs, [D, K, H]).
+
+    Returns:
+        [*ids.shape, *F].
+    """
+    flat = w.reshape(w.shape[0], -1)  # [D, F]
+    if isinstance(ids.size, int) and table.shape[0] < ids.size:  # (not for a symbolic batch)
+        rows = jnp.arange(table.shape[0])[:, None]
+        out = jnp.take(jnp.where(rows > 0, table @ flat, 0.0), ids, axis=0)
+    else:
+        out = jnp.where(ids[..., None] > 0, jnp.take(table, ids, axis=0), 0.0) @ flat
+    return out.reshape(*ids.shape, *w.shape[1:])
+
+
 def self_attentive_pool(
     x: jax.Array,
     mask: jax.Array,
     w1: jax.Array,
     w2: jax.Array,
     pos: jax.Array | None = None,
+    *,
+    x_w1: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Eq 1: a = softmax_t(tanh(X W1) W2) over valid positions; z = a^T X.
 
@@ -80,12 +107,15 @@ def self_attentive_pool(
         w2: [H] output weights.
         pos: optional [n, D] positional embeddings added to the attention input only (the
             reference code's choice); the values stay `x`.
+        x_w1: optional [B, n, H] X W1 computed elsewhere (`project_items`); else x @ w1.
 
     Returns:
         z: [B, D] pooled vector; a: [B, n] attention weights (zeros where masked).
     """
-    keys = x if pos is None else x + pos
-    return _attention_pool(keys @ w1, x, mask, w2)
+    projected = x @ w1 if x_w1 is None else x_w1
+    if pos is not None:
+        projected = projected + pos @ w1
+    return _attention_pool(projected, x, mask, w2)
 
 
 def _attention_pool(
@@ -124,7 +154,8 @@ def concept_activation(
 
 
 def intention_assignment(
-    x: jax.Array, c_u: jax.Array, w3: jax.Array, norm_x: Norm, norm_c: Norm
+    x: jax.Array, c_u: jax.Array, w3: jax.Array, norm_x: Norm, norm_c: Norm,
+    *, x_w3: jax.Array | None = None,
 ) -> jax.Array:
     """Eq 3: P(k|t) = softmax_k(LN1(X_t W3) . LN2(C^u_k)).
 
@@ -134,11 +165,13 @@ def intention_assignment(
         w3: [D, D].
         norm_x: LayerNorm1 (learnable gain and bias), applied over the last axis.
         norm_c: LayerNorm2.
+        x_w3: optional [B, n, D] X W3 computed elsewhere (`project_items`); else x @ w3.
 
     Returns:
         p_kt: [B, n, K], each position's distribution over the K selected slots.
     """
-    logits = jnp.einsum("bnd,bkd->bnk", norm_x(x @ w3), norm_c(c_u))  # [B, n, K]
+    projected = x @ w3 if x_w3 is None else x_w3
+    logits = jnp.einsum("bnd,bkd->bnk", norm_x(projected), norm_c(c_u))  # [B, n, K]
     return jax.nn.softmax(logits, axis=-1)
 
 
@@ -167,7 +200,8 @@ def cosine_assignment(
 
 
 def interest_attention(
-    x: jax.Array, mask: jax.Array, pos: jax.Array, w1: jax.Array, w2: jax.Array
+    x: jax.Array, mask: jax.Array, pos: jax.Array, w1: jax.Array, w2: jax.Array,
+    *, x_w1: jax.Array | None = None,
 ) -> jax.Array:
     """Eq 4: P(t|k) = softmax_t(tanh((X + pos) W_{k,1}) W_{k,2}), one MLP per interest k.
 
@@ -179,11 +213,13 @@ def interest_attention(
         pos: [n, D] learned positional embeddings, added to the attention input.
         w1: [K, D, H] per-interest hidden weights (H = D in the paper).
         w2: [K, H] per-interest output weights.
+        x_w1: optional [B, n, K, H] X W_{k,1} computed elsewhere (`project_items`).
 
     Returns:
         p_tk: [B, n, K], for each k a distribution over the valid positions t.
     """
-    hidden = jnp.tanh(jnp.einsum("bnd,kdh->bnkh", x + pos, w1))  # [B, n, K, H]
+    projected = jnp.einsum("bnd,kdh->bnkh", x, w1) if x_w1 is None else x_w1
+    hidden = jnp.tanh(projected + jnp.einsum("nd,kdh->nkh", pos, w1))  # [B, n, K, H]
     logits = jnp.einsum("bnkh,kh->bnk", hidden, w2)  # [B, n, K]
     return masked_softmax(logits, mask[..., None], axis=1)
 
@@ -195,6 +231,8 @@ def gated_interest_attention(
     w1: jax.Array,
     w2: jax.Array,
     p_kt: jax.Array,
+    *,
+    x_w1: jax.Array | None = None,
 ) -> jax.Array:
     """Eq 4 as in the reference code: one shared MLP D -> H -> K whose logits are multiplied
     by P(k|t) before the masked softmax over t.
@@ -206,11 +244,13 @@ def gated_interest_attention(
         w1: [D, H] shared hidden weights.
         w2: [H, K] shared output weights (one column per interest slot).
         p_kt: [B, n, K] the intention assignment of eq 3.
+        x_w1: optional [B, n, H] X W1 computed elsewhere (`project_items`); else x @ w1.
 
     Returns:
         p_tk: [B, n, K] (already weighted by P(k|t) inside the softmax).
     """
-    logits = (jnp.tanh((x + pos) @ w1) @ w2) * p_kt  # [B, n, K]
+    projected = x @ w1 if x_w1 is None else x_w1
+    logits = (jnp.tanh(projected + pos @ w1) @ w2) * p_kt  # [B, n, K]
     return masked_softmax(logits, mask[..., None], axis=1)
 
 
@@ -447,13 +487,15 @@ ParamSpecs = dict[str, tuple[tuple[int, ...], int, int]]
 
 
 def _param_specs(
-    num_items: int, d: int, k: int, num_prototypes: int, n: int, options: SineOptions
+    num_items: int, table_rows: int, d: int, k: int, num_prototypes: int, n: int,
+    options: SineOptions,
 ) -> ParamSpecs:
     """Shapes and Glorot fans of SINE's parameters (vectors count as [size, 1] matrices,
-    per-interest stacks [K, D, H] as K matrices [D, H])."""
+    per-interest stacks [K, D, H] as K matrices [D, H]; the item table's fans ignore its
+    padding rows)."""
     h = options.attention_hidden or d
     specs = {
-        "item_embedding": ((num_items + 1, d), num_items + 1, d),
+        "item_embedding": ((table_rows, d), num_items + 1, d),
         "prototypes": ((num_prototypes, d), num_prototypes, d),
         "position_embedding": ((n, d), n, d),
         "concept_w1": ((d, h), d, h),
@@ -481,16 +523,18 @@ def _param_specs(
 def _glorot_uniform(key: jax.Array, specs: tuple) -> dict[str, jax.Array]:
     """U(-a, a) with a = sqrt(6 / (fan_in + fan_out)) for each (name, (shape, fan_in, fan_out)).
 
-    The item table gets its own draw (it can be large, and sharded) with row 0 (padding) set
-    to zero; every other parameter is a slice of one flat draw, so initialisation compiles two
+    The item table gets its own draw of M + 1 rows (it can be large, and sharded) with row 0
+    (padding) set to zero, then zero rows up to its padded size (the same values whatever
+    the padding); every other parameter is a slice of one flat draw, so initialisation compiles two
     random-number programs rather than one per parameter shape (seconds each on a CPU).
     """
     table_key, key = jax.random.split(key)
     specs = dict(specs)
     shape, fan_in, fan_out = specs.pop("item_embedding")
     limit = math.sqrt(6.0 / (fan_in + fan_out))
-    table = jax.random.uniform(table_key, shape, minval=-limit, maxval=limit)
-    values = {"item_embedding": table.at[0].set(0.0)}
+    table = jax.random.uniform(table_key, (fan_in, shape[1]), minval=-limit, maxval=limit)
+    table = jnp.pad(table.at[0].set(0.0), ((0, shape[0] - fan_in), (0, 0)))
+    values = {"item_embedding": table}
     sizes = [math.prod(shape) for shape, _, _ in specs.values()]
     flat = jax.random.uniform(key, (sum(sizes),), minval=-1.0, maxval=1.0)
     starts = itertools.accumulate(sizes, initial=0)
@@ -504,7 +548,7 @@ class SINE(nnx.Module):
     """The SINE user encoder (eqs 1-8) with its item table and prototype pool.
 
     Parameters (present depending on `options`):
-        item_embedding [M+1, D] (row 0 = padding), prototypes [L, D] (C),
+        item_embedding [R, D] (R >= M + 1; row 0 and rows past M are padding), prototypes [L, D] (C),
         position_embedding [n, D] (row n-1 = most recent item), concept_w1 [D, H],
         concept_w2 [H] (eq 1), w3 [D, D] (eq 3 and/or eq 6 "shared_w3"), norm1, norm2
         (eq 3 "layernorm"), interest_w1 [K, D, H] | [D, H], interest_w2 [K, H] | [H, K] (eq 4),
@@ -516,6 +560,7 @@ class SINE(nnx.Module):
         self,
         *,
         num_items: int,
+        table_rows: int,
         embed_dim: int,
         num_interests: int,
         num_prototypes: int,
@@ -526,7 +571,9 @@ class SINE(nnx.Module):
         d = embed_dim
         self.options = options
         self.num_interests = num_interests
-        specs = _param_specs(num_items, d, num_interests, num_prototypes, max_seq_len, options)
+        specs = _param_specs(
+            num_items, table_rows, d, num_interests, num_prototypes, max_seq_len, options
+        )
         values = _glorot_uniform(rngs.params(), tuple(specs.items()))
 
         def param(name: str) -> nnx.Param | None:
@@ -565,27 +612,35 @@ class SINE(nnx.Module):
         opts = self.options
         mask = history > 0  # [B, n]
         table = self.item_embedding[...]
-        x = jnp.take(table, history, axis=0) * mask[..., None].astype(table.dtype)  # [B, n, D]
+        x = jnp.where(mask[..., None], jnp.take(table, history, axis=0), 0.0)  # [B, n, D]
         pos = self.position_embedding[...]  # [n, D]
         concept_pos = pos if opts.positional_in_concept_attention else None
 
+        def project(w):  # X W, once per table row when that is cheaper
+            return project_items(table, history, w)
+
         # Eqs 1-2: which K prototypes this user activates.
-        z, a = self_attentive_pool(x, mask, self.concept_w1[...], self.concept_w2[...], concept_pos)
+        w1 = self.concept_w1[...]
+        z, a = self_attentive_pool(
+            x, mask, w1, self.concept_w2[...], concept_pos, x_w1=project(w1)
+        )
         c_u, prototype_ids, _ = concept_activation(z, self.prototypes[...], self.num_interests)
 
         # Eq 3.
         if opts.assignment == "layernorm":
-            p_kt = intention_assignment(x, c_u, self.w3[...], self.norm1, self.norm2)
+            w3 = self.w3[...]
+            p_kt = intention_assignment(x, c_u, w3, self.norm1, self.norm2, x_w3=project(w3))
         else:
             p_kt = cosine_assignment(x, c_u)
 
         # Eqs 4-5.
         w1, w2 = self.interest_w1[...], self.interest_w2[...]
         if opts.interest_attention == "per_interest":
-            p_tk = interest_attention(x, mask, pos, w1, w2)
+            x_w1 = project(jnp.transpose(w1, (1, 0, 2)))  # [B, n, K, H]
+            p_tk = interest_attention(x, mask, pos, w1, w2, x_w1=x_w1)
             phi = interest_embeddings(p_kt, p_tk, x, self.norm3)
         else:
-            p_tk = gated_interest_attention(x, mask, pos, w1, w2, p_kt)
+            p_tk = gated_interest_attention(x, mask, pos, w1, w2, p_kt, x_w1=project(w1))
             phi = interest_embeddings(None, p_tk, x, self.norm3)
 
         # Eq 6.
@@ -620,7 +675,9 @@ def _check_int(field: str, value, minimum: int) -> None:
         raise ConfigError(f"model.{field}={value!r} must be an integer >= {minimum}")
 
 
-def build_model(model_config, num_items: int, rngs: nnx.Rngs) -> SINE:
+def build_model(
+    model_config, num_items: int, rngs: nnx.Rngs, *, table_rows: int | None = None
+) -> SINE:
     """Validates `config.model` and builds SINE.
 
     Args:
@@ -628,6 +685,8 @@ def build_model(model_config, num_items: int, rngs: nnx.Rngs) -> SINE:
             num_prototypes, max_seq_len, temperature, preset and the switch fields.
         num_items: M, the number of real items (ids 1..M).
         rngs: parameter RNG streams.
+        table_rows: rows of the item table, >= M + 1 (default M + 1); rows past M are
+            padding (zero) so that the table splits evenly over devices.
 
     Returns:
         The SINE module.
@@ -648,8 +707,12 @@ def build_model(model_config, num_items: int, rngs: nnx.Rngs) -> SINE:
         )
     if num_items < 1:
         raise ValueError(f"num_items={num_items} must be >= 1")
+    table_rows = num_items + 1 if table_rows is None else table_rows
+    if table_rows < num_items + 1:
+        raise ValueError(f"table_rows={table_rows} must be >= num_items + 1 = {num_items + 1}")
     return SINE(
         num_items=num_items,
+        table_rows=table_rows,
         embed_dim=model_config.get("embed_dim"),
         num_interests=k,
         num_prototypes=num_prototypes,

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
 import subprocess
 import time
@@ -23,7 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_dict
 
-from sine_jax import checkpointing, config_checks, evaluate, losses, run_config
+from sine_jax import checkpointing, config_checks, evaluate, losses, run_config, sparse_adam
 from sine_jax import model as model_lib
 from sine_jax.data import dataset as dataset_lib
 from sine_jax.data import pipeline
@@ -37,7 +38,8 @@ class TrainState:
 
     step: jax.Array  # int32 []
     params: nnx.State
-    opt_state: optax.OptState
+    opt_state: optax.OptState  # Adam over every parameter, or all but the item table (sparse)
+    item_moments: sparse_adam.LazyAdamState | None  # the item table's Adam (sparse updates)
     nonfinite_steps: jax.Array  # int32 [], steps whose loss or gradient was NaN/Inf
     first_nonfinite_step: jax.Array  # int32 [], the first such step (-1 = none)
 
@@ -48,38 +50,44 @@ class Setup:
 
     graphdef: nnx.GraphDef
     rest: nnx.State  # non-parameter variables (none for SINE; kept for completeness)
-    tx: optax.GradientTransformation
+    tx: optax.GradientTransformation  # Adam with the schedule, without clipping
+    schedule: optax.Schedule
     mesh: jax.sharding.Mesh
     state_sharding: Any
     abstract_state: Any
+    num_items: int  # M
+    table_rows: int  # R >= M + 1: the item table with padding rows (`padded_table_rows`)
+    sparse: bool  # row-sparse Adam for the item table
 
 
-def make_mesh(config: config_dict.ConfigDict) -> jax.sharding.Mesh:
-    """The ('data',) mesh over `mesh.data` devices (all by default)."""
-    size = config_checks.data_axis_size(config, jax.device_count())
+_TABLE = nnx.PathContains("item_embedding")
+
+
+def make_mesh(
+    config: config_dict.ConfigDict, devices: list[jax.Device] | None = None
+) -> jax.sharding.Mesh:
+    """The ('data', 'model') mesh of `mesh.data` x `mesh.model` devices."""
+    devices = jax.devices() if devices is None else devices
+    data, model = config_checks.mesh_shape(config, len(devices))
     return jax.make_mesh(
-        (size,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:size]
+        (data, model), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2,
+        devices=devices[: data * model],
     )
 
 
-def make_optimizer(train_config, total_steps: int) -> optax.GradientTransformation:
-    """Adam with optional linear warm-up, cosine decay and global-norm clipping."""
+def learning_rate_schedule(train_config, total_steps: int) -> optax.Schedule:
+    """The learning rate by step: constant or cosine to 0, after an optional linear warm-up."""
     lr = train_config.learning_rate
     warmup = min(train_config.warmup_steps, total_steps)
     if train_config.lr_decay == "cosine":
-        schedule = optax.warmup_cosine_decay_schedule(
+        return optax.warmup_cosine_decay_schedule(
             0.0, lr, max(warmup, 1), max(total_steps, warmup + 1), end_value=0.0
         )
-    elif warmup:
-        schedule = optax.join_schedules(
+    if warmup:
+        return optax.join_schedules(
             [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
         )
-    else:
-        schedule = lr
-    parts = [optax.adam(schedule)]
-    if train_config.grad_clip_norm > 0:
-        parts.insert(0, optax.clip_by_global_norm(train_config.grad_clip_norm))
-    return optax.chain(*parts)
+    return optax.constant_schedule(lr)
 
 
 def cov_weight(config: config_dict.ConfigDict) -> float:
@@ -89,56 +97,131 @@ def cov_weight(config: config_dict.ConfigDict) -> float:
     return 0.0 if config.model.preset == "official" else 0.5
 
 
+def touched_rows_per_step(config: config_dict.ConfigDict) -> int:
+    """Item-table rows one step can touch: padding, B x n history, B targets, S negatives."""
+    batch = config.train.batch_size
+    negatives = config.loss.negatives_per_example * batch
+    return 1 + batch * config.model.max_seq_len + batch + negatives
+
+
+def uses_sparse_updates(config: config_dict.ConfigDict, num_items: int) -> bool:
+    """train.sparse_item_updates, or by default: sampled softmax over a catalogue larger than
+    what one step can touch."""
+    sampled = (
+        config.loss.name == "sampled_softmax"
+        and config.loss.negatives_per_example * config.train.batch_size < num_items
+    )
+    if config.train.sparse_item_updates is None:
+        return sampled and num_items + 1 > touched_rows_per_step(config)
+    if config.train.sparse_item_updates and not sampled:
+        raise SineError(
+            f"train.sparse_item_updates=True needs sampled negatives: S = "
+            f"{config.loss.negatives_per_example} x {config.train.batch_size} is not below the "
+            f"{num_items} items, so the full softmax touches every row"
+        )
+    return bool(config.train.sparse_item_updates)
+
+
+# The item table's rows are padded to a multiple of this (and of the 'model' axis size), so
+# that checkpoints restore onto meshes of other shapes (1, 2, 4, ... 128 'model' devices).
+TABLE_ROW_MULTIPLE = 128
+
+
+def padded_table_rows(num_items: int, model_size: int) -> int:
+    """R: M + 1 rounded up to a multiple of lcm(TABLE_ROW_MULTIPLE, model_size)."""
+    multiple = math.lcm(TABLE_ROW_MULTIPLE, model_size)
+    return -(-(num_items + 1) // multiple) * multiple
+
+
+def _state_sharding(abstract_state, mesh: jax.sharding.Mesh, shard_prototypes: bool):
+    """Row-split over 'model': the item table, its moments (and the prototypes when asked);
+    everything else replicated."""
+
+    def sharding(path, leaf):
+        name = jax.tree_util.keystr(path)
+        rows = "item_embedding" in name or "item_moments" in name
+        rows |= shard_prototypes and "prototypes" in name
+        return NamedSharding(mesh, P("model", None) if rows and leaf.ndim == 2 else P())
+
+    return jax.tree_util.tree_map_with_path(sharding, abstract_state)
+
+
 def create_train_state(
     config: config_dict.ConfigDict, num_items: int, mesh: jax.sharding.Mesh, total_steps: int
 ) -> tuple[Setup, TrainState]:
-    """Builds the model and optimizer state directly with their (replicated) shardings."""
-    tx = make_optimizer(config.train, total_steps)
+    """Builds the model and optimizer state, each array created directly with its sharding
+    (a row-split table is never whole on one device)."""
+    schedule = learning_rate_schedule(config.train, total_steps)
+    tx = optax.adam(schedule)
+    sparse = uses_sparse_updates(config, num_items)
+    table_rows = padded_table_rows(num_items, mesh.shape["model"])
     seed = config.train.seed
 
     def build():
-        return model_lib.build_model(config.model, num_items, nnx.Rngs(seed))
+        return model_lib.build_model(
+            config.model, num_items, nnx.Rngs(seed), table_rows=table_rows
+        )
 
     abstract_model = nnx.eval_shape(build)  # validates the model config, allocates nothing
     graphdef, _, rest = nnx.split(abstract_model, nnx.Param, ...)
 
     def init():
         params = nnx.state(build(), nnx.Param)
+        table, dense = nnx.split_state(params, _TABLE, ...)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
-            opt_state=tx.init(params),
+            opt_state=tx.init(dense if sparse else params),
+            item_moments=sparse_adam.init(table["item_embedding"][...]) if sparse else None,
             nonfinite_steps=jnp.zeros((), jnp.int32),
             first_nonfinite_step=jnp.full((), -1, jnp.int32),
         )
 
     abstract_state = jax.eval_shape(init)
-    replicated = NamedSharding(mesh, P())
-    state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+    state_sharding = _state_sharding(abstract_state, mesh, config.mesh.shard_prototypes)
     state = jax.jit(init, out_shardings=state_sharding)()
     abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         abstract_state,
         state_sharding,
     )
-    setup = Setup(graphdef, rest, tx, mesh, state_sharding, abstract_state)
+    setup = Setup(
+        graphdef, rest, tx, schedule, mesh, state_sharding, abstract_state, num_items,
+        table_rows, sparse,
+    )
     return setup, state
 
 
 def encode(setup: Setup, params: nnx.State, history: jax.Array):
-    """(user vectors [B, D], item table [M + 1, D]) for histories int32 [B, n]."""
+    """(user vectors [B, D], item table [R, D]) for histories int32 [B, n]."""
     model = nnx.merge(setup.graphdef, params, setup.rest)
     return model(history).user_vector, model.item_embedding[...]
 
 
+def _with_table(dense: nnx.State, table: jax.Array) -> nnx.State:
+    """`dense` (every parameter but the item table) with `table` as the item table."""
+    return nnx.merge_state(dense, nnx.State({"item_embedding": nnx.Param(table)}))
+
+
+def _cast(tree, dtype):
+    """Floating leaves of `tree` as `dtype` (bf16 compute over f32 master weights)."""
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
+
+
 def train_step(
     state: TrainState, batch: dict[str, jax.Array], *, setup: Setup, loss_config, lam: float,
-    base_rng: jax.Array, skip_nonfinite: bool = False,
+    base_rng: jax.Array, clip_norm: float = 0.0, compute_dtype=jnp.float32,
+    skip_nonfinite: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One Adam step on L = L_like + lambda L_c (eqs 9-11). Pure; no host syncs.
 
-    A step whose loss or gradient is not finite is counted in the state; with
-    `skip_nonfinite` its update is dropped (parameters and moments unchanged).
+    With `setup.sparse` the gradient is taken with respect to the item-table rows the batch
+    touches (history, targets, negatives) and only those rows and their moments are updated
+    (`sparse_adam`); otherwise every parameter gets a dense Adam step. Gradients are clipped
+    to a global norm `clip_norm` (0 = off) over all of them. A step whose loss or gradient is
+    not finite is counted in the state; with `skip_nonfinite` its update is dropped.
 
     Args:
       state: the train state.
@@ -147,37 +230,68 @@ def train_step(
     Returns:
       (new state, scalar metrics: loss, likelihood, cov, grad_norm).
     """
-    rng = jax.random.fold_in(base_rng, state.step)
+    history, target = batch["history"], batch["target"]
+    num_items, batch_size = setup.num_items, target.shape[0]
+    num_samples = loss_config.negatives_per_example * batch_size
+    full = loss_config.name == "full_softmax" or num_samples >= num_items
+    sampled = None
+    if not full:
+        rng = jax.random.fold_in(base_rng, state.step)
+        sampled = losses.log_uniform_sample(rng, num_samples, num_items)  # [S]
+    table_state, dense = nnx.split_state(state.params, _TABLE, ...)
+    table = table_state["item_embedding"][...]  # [R, D]
+    if setup.sparse:
+        ids = jnp.concatenate([jnp.zeros(1, jnp.int32), history.ravel(), target, sampled])
+        unique, inverse = sparse_adam.touched_rows(ids, ids.size, setup.table_rows)
+        rows = sparse_adam.gather_rows(table, unique)  # [U, D], row 0 = padding
+        history_idx = inverse[1 : 1 + history.size].reshape(history.shape)
+        target_idx = inverse[1 + history.size : 1 + history.size + batch_size]
+        sampled_idx = inverse[1 + history.size + batch_size :]
+    else:
+        rows, history_idx, target_idx, sampled_idx = table, history, target, sampled
 
-    def loss_fn(params):
+    def loss_fn(dense, rows):
+        params = _with_table(_cast(dense, compute_dtype), rows.astype(compute_dtype))
         model = nnx.merge(setup.graphdef, params, setup.rest)
-        user_vectors = model(batch["history"]).user_vector  # [B, D]
-        table = model.item_embedding[...]  # [M + 1, D]
-        if loss_config.name == "full_softmax":
-            like = losses.full_softmax_loss(user_vectors, table, batch["target"])
+        user_vectors = model(history_idx).user_vector  # [B, D]
+        rows_c = model.item_embedding[...]
+        if full:
+            like = losses.full_softmax_loss(user_vectors, rows_c, target, num_items)
         else:
             like = losses.sampled_softmax_loss(
-                user_vectors,
-                table,
-                batch["target"],
-                rng,
-                loss_config.negatives_per_example * batch["target"].shape[0],
+                user_vectors, rows_c[target_idx], rows_c[sampled_idx], target, sampled,
+                num_items,
                 logq_correction=loss_config.logq_correction,
                 remove_accidental_hits=loss_config.remove_accidental_hits,
             )
-        like = jnp.mean(like)
-        cov = losses.covariance_regularizer(model.prototypes[...])
+        like = jnp.mean(like.astype(jnp.float32))
+        cov = losses.covariance_regularizer(dense["prototypes"][...])
         return like + lam * cov, (like, cov)
 
-    (loss, (like, cov)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    (loss, (like, cov)), (dense_grads, row_grads) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True
+    )(dense, rows)
+    grad_norm = optax.tree.norm((dense_grads, row_grads))
+    if clip_norm > 0:  # as optax.clip_by_global_norm, over the dense and the row gradients
+        clip = lambda g: jnp.where(grad_norm < clip_norm, g, g / grad_norm * clip_norm)  # noqa: E731
+        dense_grads, row_grads = jax.tree.map(clip, (dense_grads, row_grads))
+    if setup.sparse:
+        updates, opt_state = setup.tx.update(dense_grads, state.opt_state, dense)
+        new_table, item_moments = sparse_adam.update(
+            table, state.item_moments, unique, row_grads,
+            setup.schedule(state.item_moments.count),
+        )
+        params = _with_table(optax.apply_updates(dense, updates), new_table)
+    else:
+        grads = _with_table(dense_grads, row_grads)
+        updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
+        params, item_moments = optax.apply_updates(state.params, updates), None
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if skip_nonfinite:
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         params = jax.tree.map(keep, params, state.params)
         opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+        item_moments = jax.tree.map(keep, item_moments, state.item_moments)
     first_bad = jnp.where(
         (state.first_nonfinite_step < 0) & ~finite, state.step + 1, state.first_nonfinite_step
     )
@@ -185,6 +299,7 @@ def train_step(
         step=state.step + 1,
         params=params,
         opt_state=opt_state,
+        item_moments=item_moments,
         nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
         first_nonfinite_step=first_bad,
     )
@@ -202,6 +317,8 @@ def make_step_fn(setup: Setup, config: config_dict.ConfigDict):
         loss_config=config.loss,
         lam=cov_weight(config),
         base_rng=jax.random.key(config.train.seed + 1),
+        clip_norm=float(config.train.grad_clip_norm),
+        compute_dtype=jnp.dtype(config.train.compute_dtype),
         skip_nonfinite=config.train.on_nonfinite == "skip",
     )
     return jax.jit(
@@ -274,6 +391,7 @@ class _Trainer:
         self.progress = checkpointing.Progress()
         self._reported_nonfinite = 0
         eval_kwargs = dict(
+            num_items=self.data.num_items,
             mask_history=config.eval.mask_history, chunk_size=config.eval.item_chunk_size
         )
         encode_fn = functools.partial(encode, self.setup)
@@ -339,12 +457,16 @@ class _Trainer:
         last_eval = step if evaluated else -1
         step_fn = make_step_fn(self.setup, config)
         batch_sharding = NamedSharding(self.mesh, P("data"))
+
+        def next_batch():
+            batch = next(self.train_iter)
+            return {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
+
         tick, tick_step = time.time(), step
         pending = None  # metrics of the last log step, read one step late (no host sync)
-        while step < self.total_steps and not stopped:
-            batch = next(self.train_iter)
-            batch = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
-            self.state, metrics = step_fn(self.state, batch)
+        batch = next_batch() if step < self.total_steps and not stopped else None
+        while batch is not None:
+            self.state, metrics = step_fn(self.state, batch)  # dispatched, runs asynchronously
             step += 1
             if pending is not None:
                 self._log(*pending, writer)
@@ -363,6 +485,9 @@ class _Trainer:
             elif step % config.checkpoint.every_steps == 0:
                 self._check_finite()
                 self.ckpt.save(step, self.state, self.train_iter, self.progress)
+            # The next batch is read and sent while this step computes, after any checkpoint
+            # of this step saved the iterator (so a resumed run reads the same batches).
+            batch = next_batch() if step < self.total_steps and not stopped else None
         if pending is not None:
             self._log(*pending, writer)
         if last_eval != step:  # e.g. resumed at the last step of an interrupted final save

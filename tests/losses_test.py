@@ -42,13 +42,33 @@ def test_sampler_cost_does_not_depend_on_catalogue_size():
     assert jaxpr_size(10_000_000)[1] <= 64
 
 
+def _sampled(v, table, targets, sampled, **kwargs):
+    sampled = jnp.asarray(sampled, jnp.int32)
+    targets = jnp.asarray(targets, jnp.int32)
+    return losses.sampled_softmax_loss(
+        v, table[targets], table[sampled], targets, sampled, table.shape[0] - 1, **kwargs
+    )
+
+
 def test_full_softmax_matches_numpy():
     rng = np.random.default_rng(0)
     v = rng.normal(size=(4, 8)).astype(np.float32)
     table = rng.normal(size=(11, 8)).astype(np.float32)
     targets = np.array([1, 5, 10, 3], np.int32)
     np.testing.assert_allclose(
-        losses.full_softmax_loss(v, table, targets), _np_full_softmax(v, table, targets),
+        losses.full_softmax_loss(v, table, targets, 10), _np_full_softmax(v, table, targets),
+        rtol=1e-5,
+    )
+
+
+def test_full_softmax_ignores_rows_past_the_catalogue():
+    rng = np.random.default_rng(5)
+    v = rng.normal(size=(4, 8)).astype(np.float32)
+    table = rng.normal(size=(11, 8)).astype(np.float32)
+    padded = np.concatenate([table, 100 * np.ones((5, 8), np.float32)])  # huge pad logits
+    targets = np.array([1, 5, 10, 3], np.int32)
+    np.testing.assert_allclose(
+        losses.full_softmax_loss(v, padded, targets, 10), _np_full_softmax(v, table, targets),
         rtol=1e-5,
     )
 
@@ -56,32 +76,22 @@ def test_full_softmax_matches_numpy():
 def test_sampled_softmax_with_every_item_and_no_correction_equals_full():
     rng = np.random.default_rng(1)
     v = rng.normal(size=(3, 6)).astype(np.float32)
-    table = rng.normal(size=(8, 6)).astype(np.float32)
+    table = jnp.asarray(rng.normal(size=(8, 6)).astype(np.float32))
     targets = np.array([2, 7, 4], np.int32)
-    # S >= M switches to the exact full softmax.
+    # A sample that contains every item exactly once, with hits removed and no correction,
+    # is the full softmax.
     np.testing.assert_allclose(
-        losses.sampled_softmax_loss(v, table, targets, jax.random.key(0), 7),
-        _np_full_softmax(v, table, targets), rtol=1e-5,
+        _sampled(v, table, targets, np.arange(1, 8), logq_correction=False),
+        _np_full_softmax(v, np.asarray(table), targets), rtol=1e-5,
     )
-    # A sample that contains every item exactly once (forced through the sampler by
-    # monkeypatching) reproduces the full softmax without correction, with hits removed.
-    all_items = jnp.arange(1, 8, dtype=jnp.int32)
-    orig = losses.log_uniform_sample
-    try:
-        losses.log_uniform_sample = lambda rng, s, m: all_items[:s]
-        loss = losses.sampled_softmax_loss(
-            v, table, targets, jax.random.key(0), 6,  # S = 6 < M = 7
-            logq_correction=False,
-        )
-    finally:
-        losses.log_uniform_sample = orig
-    # With S = 6 the sample is items 1..6; targets 2 and 4 are inside (accidental hits
-    # removed), target 7 is outside: the reference is a softmax over {1..6} U {target}.
+    # Items 1..6 only: targets 2 and 4 are inside (accidental hits removed), target 7 is
+    # outside: the reference is a softmax over {1..6} U {target}.
+    loss = _sampled(v, table, targets, np.arange(1, 7), logq_correction=False)
     ref = []
     for b, t in enumerate(targets):
         cand = sorted(set(range(1, 7)) | {int(t)})
-        logits = table[cand] @ v[b]
-        ref.append(np.log(np.exp(logits).sum()) - table[t] @ v[b])
+        logits = np.asarray(table)[cand] @ v[b]
+        ref.append(np.log(np.exp(logits).sum()) - np.asarray(table)[t] @ v[b])
     np.testing.assert_allclose(loss, ref, rtol=1e-5)
 
 
@@ -90,8 +100,7 @@ def test_sampled_softmax_logq_and_accidental_hits_by_hand():
     num_items, num_samples = 30, 5
     v = rng.normal(size=(2, 4)).astype(np.float32)
     table = rng.normal(size=(num_items + 1, 4)).astype(np.float32)
-    key = jax.random.key(7)
-    sampled = np.asarray(losses.log_uniform_sample(key, num_samples, num_items))
+    sampled = np.asarray(losses.log_uniform_sample(jax.random.key(7), num_samples, num_items))
     targets = np.array([sampled[0], 29 if sampled[0] != 29 else 28], np.int32)  # one hit
 
     def q(i):
@@ -103,21 +112,18 @@ def test_sampled_softmax_logq_and_accidental_hits_by_hand():
         negs = [table[s] @ v[b] - np.log(num_samples * q(s)) for s in sampled if s != t]
         logits = np.array([true] + negs)
         ref.append(np.log(np.exp(logits).sum()) - true)
-    got = losses.sampled_softmax_loss(v, table, targets, key, num_samples)
+    got = _sampled(v, jnp.asarray(table), targets, sampled)
     np.testing.assert_allclose(got, ref, rtol=1e-5)
 
 
 def test_accidental_hits_do_not_change_other_examples():
     v = jnp.ones((2, 3))
     table = jnp.arange(3 * 12, dtype=jnp.float32).reshape(12, 3) / 30
-    key = jax.random.key(3)
-    sampled = np.asarray(losses.log_uniform_sample(key, 4, 11))
+    sampled = np.asarray(losses.log_uniform_sample(jax.random.key(3), 4, 11))
     t = int(sampled[0])
     other = next(i for i in range(1, 12) if i not in set(sampled.tolist()))
-    with_hit = losses.sampled_softmax_loss(v, table, jnp.array([t, other]), key, 4)
-    without = losses.sampled_softmax_loss(
-        v, table, jnp.array([t, other]), key, 4, remove_accidental_hits=False
-    )
+    with_hit = _sampled(v, table, [t, other], sampled)
+    without = _sampled(v, table, [t, other], sampled, remove_accidental_hits=False)
     assert with_hit[0] < without[0]  # the duplicate of the target was removed
     np.testing.assert_allclose(with_hit[1], without[1])
 

@@ -1,5 +1,6 @@
-"""Ranks and HR/NDCG on hand-computed rankings."""
+"""Ranks and HR/NDCG on hand-computed rankings; sharded ranks and top-k equal unsharded ones."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -91,6 +92,138 @@ def test_chunked_top_items_equal_unchunked():
         scores[b, 0] = -np.inf
         scores[b, np.asarray(exclude[b])] = -np.inf
         np.testing.assert_array_equal(full[b], np.argsort(-scores[b], kind="stable")[:50])
+
+
+def test_num_items_leaves_pad_rows_out():
+    table = _table([0.5, 0.9, 0.5, 5.0, 6.0])  # items 1..3, then two pad rows scoring highest
+    v = jnp.ones((1, 1))
+    np.testing.assert_array_equal(metrics.top_items(v, table, k=4, num_items=3), [[2, 1, 3, 0]])
+    ranks = metrics.target_ranks(v, table, jnp.array([1], jnp.int32), num_items=3)
+    np.testing.assert_array_equal(ranks, [3])  # ahead: 2 and the tie 3, not the pad rows
+    with pytest.raises(ValueError, match="num_items=6"):
+        metrics.top_items(v, table, k=1, num_items=6)
+
+
+# --- an item table sharded over 'model' --------------------------------------------------------
+
+NUM_ITEMS, ROWS, BATCH, DIM, K = 300, 320, 16, 8, 50  # rows 301..319 are pad rows
+MESH_SHAPES = [(1, 8), (2, 4), (4, 2), (8, 1)]
+# Jitted, as evaluate calls them (eager shard_map is several times slower to run here).
+_ranks = jax.jit(metrics.target_ranks, static_argnames=("num_items", "chunk_size"))
+_sharded_ranks = jax.jit(
+    metrics.sharded_target_ranks, static_argnames=("mesh", "num_items", "chunk_size")
+)
+_top = jax.jit(metrics.top_items, static_argnames=("k", "num_items", "chunk_size"))
+_sharded_top = jax.jit(
+    metrics.sharded_top_items, static_argnames=("mesh", "k", "num_items", "chunk_size")
+)
+
+
+def _mesh(data, model):
+    return jax.make_mesh(
+        (data, model), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2
+    )
+
+
+def _integer_problem(seed=0):
+    """Integer-valued vectors (exact scores, so many exact ties) with duplicated item rows.
+
+    Every user vector starts with 3 and the padding row and pad rows are [100, 0, ...]: they
+    outscore every item.
+    """
+    rng = np.random.default_rng(seed)
+    distinct = rng.integers(-2, 3, (40, DIM))
+    table = np.zeros((ROWS, DIM), np.float32)
+    table[1 : NUM_ITEMS + 1] = distinct[rng.integers(0, 40, NUM_ITEMS)]
+    table[0, 0] = table[NUM_ITEMS + 1 :, 0] = 100.0
+    users = rng.integers(-2, 3, (BATCH, DIM)).astype(np.float32)
+    users[:, 0] = 3.0
+    targets = rng.integers(1, NUM_ITEMS + 1, BATCH).astype(np.int32)
+    exclude = rng.integers(0, NUM_ITEMS + 1, (BATCH, 12)).astype(np.int32)
+    exclude[:, :2] = exclude[:, 2:4]  # duplicates
+    exclude[::3, 4] = targets[::3]  # the target in the history
+    exclude[:, -2:] = 0  # padding
+    return users, table, targets, exclude
+
+
+def _reference(users, table, targets, exclude):
+    """numpy ranks [B] and top-K lists [B, K] over items 1..NUM_ITEMS (lower id first on ties)."""
+    scores = users.astype(np.float64) @ table.T.astype(np.float64)  # [B, ROWS]
+    scores[:, 0] = scores[:, NUM_ITEMS + 1 :] = -np.inf
+    target_scores = scores[np.arange(BATCH), targets]
+    ranks, tops = [], []
+    for b in range(BATCH):
+        row = scores[b].copy()
+        row[exclude[b]] = -np.inf
+        row[targets[b]] = -np.inf  # the target never counts against itself
+        ranks.append(1 + np.sum(row >= target_scores[b]))
+        row = scores[b].copy()
+        row[exclude[b]] = -np.inf
+        tops.append(np.argsort(-row, kind="stable")[:K])
+    return np.array(ranks), np.array(tops)
+
+
+def _shard(mesh, users, table, *batch_arrays):
+    """Users and their arrays over 'data', the table's rows over 'model'."""
+    by_data = jax.NamedSharding(mesh, jax.P("data"))
+    table = jax.device_put(table, jax.NamedSharding(mesh, jax.P("model", None)))
+    return (jax.device_put(users, by_data), table,
+            *(jax.device_put(x, by_data) for x in batch_arrays))
+
+
+@pytest.mark.parametrize("data,model", MESH_SHAPES)
+def test_sharded_equals_unsharded_and_numpy_with_ties_and_pad_rows(data, model):
+    users, table, targets, exclude = _integer_problem()
+    want_ranks, want_top = _reference(users, table, targets, exclude)
+    mesh = _mesh(data, model)
+    sharded = _shard(mesh, users, table, targets, exclude)
+    kwargs = {"num_items": NUM_ITEMS, "chunk_size": 24}  # chunks straddle the shard ends
+    np.testing.assert_array_equal(_ranks(users, table, targets, exclude, **kwargs), want_ranks)
+    np.testing.assert_array_equal(_sharded_ranks(*sharded, mesh=mesh, **kwargs), want_ranks)
+    np.testing.assert_array_equal(_top(users, table, exclude, k=K, **kwargs), want_top)
+    u, t, _, e = sharded
+    np.testing.assert_array_equal(_sharded_top(u, t, e, mesh=mesh, k=K, **kwargs), want_top)
+
+
+@pytest.mark.parametrize("data,model", MESH_SHAPES)
+def test_sharded_equals_unsharded_on_float_scores(data, model):
+    """Random floats; items 151..300 repeat items 1..150, so every target has an exact twin."""
+    rng = np.random.default_rng(data)
+    half = NUM_ITEMS // 2
+    table = rng.normal(size=(ROWS, DIM)).astype(np.float32)
+    table[half + 1 : NUM_ITEMS + 1] = table[1 : half + 1]
+    users = rng.normal(size=(BATCH, DIM)).astype(np.float32)
+    targets = rng.integers(1, half + 1, BATCH).astype(np.int32)
+    twins = (targets + half)[:, None]  # [B, 1]
+    mesh = _mesh(data, model)
+    u, t, tg, tw = _shard(mesh, users, table, targets, twins)
+    kwargs = {"num_items": NUM_ITEMS, "chunk_size": 32}
+    ranks = {}
+    for name, exclude, sharded_exclude in [("all", None, None), ("no twin", twins, tw)]:
+        ranks[name] = _ranks(users, table, targets, exclude, **kwargs)
+        np.testing.assert_array_equal(
+            _sharded_ranks(u, t, tg, sharded_exclude, mesh=mesh, **kwargs), ranks[name]
+        )
+        top = _sharded_top(u, t, sharded_exclude, mesh=mesh, k=K, **kwargs)
+        np.testing.assert_array_equal(top, _top(users, table, exclude, k=K, **kwargs))
+        assert top.max() <= NUM_ITEMS and top.min() > 0
+    # The twin scores exactly as the target does, so it always ties against the target.
+    np.testing.assert_array_equal(ranks["all"] - ranks["no twin"], 1)
+
+
+def test_sharded_top_items_fewer_than_k_left():
+    table = np.zeros((8, 1), np.float32)
+    table[1:4, 0] = [0.5, 0.9, 0.5]  # items 1..3; rows 4..7 pad rows
+    mesh = _mesh(2, 4)
+    u, t, e = _shard(mesh, np.ones((2, 1), np.float32), table, np.array([[1], [0]], np.int32))
+    top = _sharded_top(u, t, e, mesh=mesh, k=4, num_items=3, chunk_size=2)
+    np.testing.assert_array_equal(top, [[2, 3, 0, 0], [2, 1, 3, 0]])
+
+
+def test_sharded_rows_must_divide_over_model():
+    mesh = _mesh(2, 4)
+    with pytest.raises(ValueError, match="not a multiple of the 'model' axis size 4"):
+        _sharded_top(jnp.ones((2, 1)), jnp.ones((6, 1)), mesh=mesh, k=1)
 
 
 def test_multi_target_metrics_by_hand():

@@ -244,6 +244,7 @@ def _copy_shared_params(src, dst):
 def _model(opts, seed=0, n=N, k=K, num_prototypes=L):
     return model_lib.SINE(
         num_items=M,
+        table_rows=M + 1,
         embed_dim=D,
         num_interests=k,
         num_prototypes=num_prototypes,

@@ -105,15 +105,16 @@ def test_export_reloads_without_sine_jax(run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     loaded = np.load(tmp_path / "loaded.npz")
     params = trained.params
+    num_items = trained.data.num_items  # the trained table also has padding rows past M
     np.testing.assert_array_equal(
-        loaded["item_embeddings"], np.asarray(params["item_embedding"][...])[1:]
+        loaded["item_embeddings"], np.asarray(params["item_embedding"][...])[1 : num_items + 1]
     )
     np.testing.assert_array_equal(loaded["prototypes"], np.asarray(params["prototypes"][...]))
     np.testing.assert_array_equal(loaded["item_ids"], trained.data.item_raw_ids[1:])
     user_vectors, table = train.encode(trained.setup, params, jnp.asarray(arrays["history"]))
     np.testing.assert_allclose(loaded["user_vector"], user_vectors, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(loaded["interest_weights"].sum(-1), 1.0, rtol=1e-5)
-    scores = np.asarray(user_vectors @ table[1:].T)  # [U, M]
+    scores = np.asarray(user_vectors @ table[1 : num_items + 1].T)  # [U, M]
     np.testing.assert_allclose(
         loaded["scores"], np.take_along_axis(scores, loaded["rows"], axis=1), rtol=1e-4, atol=1e-5
     )
@@ -155,6 +156,7 @@ def test_recommend_reproduces_the_evaluation_ranking(run, recommender, exclude_h
         trained.setup.mesh,
         mask_history=exclude_history,
         chunk_size=64,
+        num_items=trained.data.num_items,
     )
     ranks = evaluate.compute_ranks(
         rank_fn, trained.params, arrays, batch_size=64, mesh=trained.setup.mesh

@@ -1,0 +1,423 @@
+"""A grid of training runs: one `sine_jax.main` job per point, each in its own workdir.
+
+  python launch/sweep.py --config=configs/movielens.py --workdir=runs/sweep_kl \
+      --grid=model.num_interests=2,4,8 --grid=model.num_prototypes=10,50,100,500 \
+      --seeds=0,1,2 --set=data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat
+
+The jobs are the Cartesian product of the --grid axes (and of --seeds, as train.seed); --set
+adds the same override to every job. Values go to the training CLI as written (a value with
+commas inside brackets stays whole: --grid='eval.ks=(10,50),(20,50)'). Job
+`model.num_interests=4, model.num_prototypes=50, train.seed=0` runs in
+WORKDIR/num_interests-4_num_prototypes-50_seed-0 and writes its output to log.txt there.
+
+Rerunning the same command resumes the sweep: a job whose workdir has results.json is
+skipped, an interrupted one resumes from its checkpoints. With several GPUs visible
+(CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`; or --devices=0,1,...) one job runs per GPU at a
+time, each seeing only its GPU; on CPU the jobs run one after another. The jobs share
+WORKDIR/cache (preprocessed data, unless data.cache_dir is set) and WORKDIR/jax_cache (compiled
+programs, unless JAX_COMPILATION_CACHE_DIR is set). WORKDIR/sweep.json lists every job with its
+overrides, status (done, failed, skipped or pending), test and valid metrics and wall_seconds.
+Exit code: 0 when no job failed, 1 when one did, 2 for a bad argument (nothing runs),
+130 when interrupted (Ctrl-C stops the running jobs; a rerun resumes them).
+"""
+
+import argparse
+import dataclasses
+import difflib
+import importlib.util
+import itertools
+import json
+import os
+import queue
+import re
+import shlex
+import subprocess
+import sys
+import time
+from concurrent import futures
+
+SEED_FIELD = "train.seed"
+_MAX_NAME_CHARS = 200
+
+
+class SweepError(Exception):
+    """A bad sweep argument: the message is one line naming it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    name: str
+    workdir: str
+    overrides: dict[str, str]  # this job's grid point, field -> value as written
+    command: tuple[str, ...]
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments: grid axes, fixed overrides, config fields.
+
+
+def split_values(text: str) -> list[str]:
+    """Splits at the commas outside brackets: '(10,50),(20,50)' -> ['(10,50)', '(20,50)']."""
+    values, current, depth = [], "", 0
+    for char in text:
+        if char == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+            continue
+        depth += (char in "([{") - (char in ")]}")
+        current += char
+    values.append(current.strip())
+    return values
+
+
+def parse_override(text: str, flag: str, form: str = "FIELD=VALUE, e.g. train.seed=1"):
+    """'FIELD=VALUE' -> (FIELD, VALUE)."""
+    field, sep, value = text.partition("=")
+    field = field.strip().removeprefix("config.")
+    if not sep or not field:
+        raise SweepError(f"{flag}={text!r}: expected {form}")
+    return field, value
+
+
+def parse_axis(text: str) -> tuple[str, list[str]]:
+    """'model.num_interests=2,4,8' -> ('model.num_interests', ['2', '4', '8'])."""
+    field, values = parse_override(text, "--grid", "FIELD=V1,V2,..., e.g. train.seed=1,2")
+    values = split_values(values)
+    if "" in values:
+        raise SweepError(f"--grid={text!r}: empty value; expected FIELD=V1,V2,...")
+    if len(set(values)) < len(values):
+        raise SweepError(f"--grid={text!r}: a value is repeated")
+    return field, values
+
+
+def parse_devices(text: str) -> list[str]:
+    devices = split_values(text)
+    if "" in devices:
+        raise SweepError(f"--devices={text!r}: expected GPU ids, e.g. 0,1")
+    return devices
+
+
+def parse_seeds(text: str) -> list[str]:
+    seeds = split_values(text)
+    if not all(re.fullmatch(r"\d+", seed) for seed in seeds) or len(set(seeds)) < len(seeds):
+        raise SweepError(f"--seeds={text!r}: expected distinct non-negative integers, e.g. 0,1,2")
+    return seeds
+
+
+def sweep_axes(grid: list[str], seeds: str | None) -> list[tuple[str, list[str]]]:
+    """The --grid axes in the order given, then --seeds as train.seed."""
+    axes = [parse_axis(text) for text in grid]
+    if seeds is not None:
+        axes.append((SEED_FIELD, parse_seeds(seeds)))
+    if not axes:
+        raise SweepError("nothing to sweep: give at least one --grid=FIELD=V1,V2,... or --seeds")
+    return axes
+
+
+def check_distinct_fields(fields: list[str]) -> None:
+    for field in fields:
+        if fields.count(field) > 1:
+            raise SweepError(f"{field} is given more than once (in --grid, --seeds or --set)")
+
+
+def load_config(spec: str):
+    """The ConfigDict of 'path/to/config.py[:arg]', as the training CLI builds it."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise SweepError(f"--config={spec}: no such file {path}")
+    if os.getcwd() not in sys.path:  # configs import `configs.default`, as under `python -m`
+        sys.path.insert(0, os.getcwd())
+    module_spec = importlib.util.spec_from_file_location("sweep_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+        return module.get_config(arg) if arg else module.get_config()
+    except Exception as e:  # any failure of the user's config file, in one line
+        raise SweepError(f"--config={spec}: {type(e).__name__}: {e}") from e
+
+
+def check_field(config, field: str) -> None:
+    """Raises SweepError naming `field` when the config has no such field."""
+    node = config
+    for depth, part in enumerate(field.split(".")):
+        keys = list(node.keys()) if hasattr(node, "keys") else []
+        if part not in keys:
+            prefix = ".".join(field.split(".")[:depth])
+            close = difflib.get_close_matches(part, keys, n=1)
+            hint = f"; did you mean {'.'.join(filter(None, [prefix, close[0]]))}?" if close else ""
+            raise SweepError(f"unknown config field {field}{hint}")
+        node = node[part]
+    if hasattr(node, "keys"):
+        raise SweepError(f"{field} is a group of fields, not a field")
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs: grid expansion, names, commands.
+
+
+def expand(axes: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
+    """The Cartesian product of the axes, the last axis varying fastest."""
+    fields = [field for field, _ in axes]
+    return [dict(zip(fields, point)) for point in itertools.product(*(v for _, v in axes))]
+
+
+def short_labels(fields: list[str]) -> dict[str, str]:
+    """Each field's shortest dotted suffix that no other field ends with
+    (model.num_interests -> num_interests; train.seed and data.synthetic.seed stay long)."""
+    labels = {}
+    for field in fields:
+        parts = field.split(".")
+        for length in range(1, len(parts) + 1):
+            label = ".".join(parts[-length:])
+            others = [f for f in fields if f != field]
+            if not any(f == label or f.endswith("." + label) for f in others):
+                break
+        labels[field] = label
+    return labels
+
+
+def safe_value(value: str) -> str:
+    """A value as a path component: runs of other characters than A-Z a-z 0-9 . , + - become _."""
+    return re.sub(r"[^A-Za-z0-9.,+-]+", "_", value).strip("_") or "_"
+
+
+def job_name(overrides: dict[str, str], labels: dict[str, str]) -> str:
+    """{'model.num_interests': '4', 'train.seed': '0'} -> 'num_interests-4_seed-0'."""
+    return "_".join(f"{labels[field]}-{safe_value(value)}" for field, value in overrides.items())
+
+
+def check_names(names: list[str]) -> None:
+    for name in names:
+        if names.count(name) > 1:
+            raise SweepError(f"two grid points share the job name {name}: make their values differ "
+                             "in letters, digits or . , + -")
+        if len(name) > _MAX_NAME_CHARS:
+            raise SweepError(f"job name longer than {_MAX_NAME_CHARS} characters: {name}")
+
+
+def train_command(config_spec: str, workdir: str, overrides: dict[str, str]) -> tuple[str, ...]:
+    return (sys.executable, "-m", "sine_jax.main", f"--config={config_spec}",
+            f"--workdir={workdir}", *(f"--config.{f}={v}" for f, v in overrides.items()))
+
+
+def make_jobs(config_spec: str, sweep_dir: str, axes, fixed: dict[str, str]) -> list[Job]:
+    labels = short_labels([field for field, _ in axes])
+    points = expand(axes)
+    names = [job_name(point, labels) for point in points]
+    check_names(names)
+    jobs = []
+    for name, point in zip(names, points):
+        workdir = os.path.join(sweep_dir, name)
+        command = train_command(config_spec, workdir, {**fixed, **point})
+        jobs.append(Job(name=name, workdir=workdir, overrides=point, command=command))
+    return jobs
+
+
+def plan(args: argparse.Namespace) -> list[Job]:
+    """Validates every argument and returns the jobs; raises SweepError before anything runs."""
+    axes = sweep_axes(args.grid, args.seeds)
+    fixed_items = [parse_override(text, "--set") for text in args.set]
+    fields = [field for field, _ in axes + fixed_items]
+    check_distinct_fields(fields)
+    config = load_config(args.config)
+    for field in fields:
+        check_field(config, field)
+    fixed = dict(fixed_items)
+    if "data.cache_dir" not in fixed and config.data.get("cache_dir") == "":
+        fixed["data.cache_dir"] = os.path.join(args.workdir, "cache")  # preprocess once
+    return make_jobs(args.config, args.workdir, axes, fixed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results: skip logic and the summary.
+
+
+def results_path(job: Job) -> str:
+    return os.path.join(job.workdir, "results.json")
+
+
+def is_done(job: Job) -> bool:
+    return os.path.isfile(results_path(job))
+
+
+def last_line(path: str) -> str:
+    """The last non-empty line of a text file ('' when there is none)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 8192))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")
+
+
+def job_entry(job: Job, status: str, returncode: int | None = None) -> dict:
+    """One job in sweep.json: overrides, status and, when results.json exists, its metrics."""
+    entry = {"name": job.name, "workdir": job.workdir, "overrides": job.overrides,
+             "status": status}
+    if status == "failed":
+        entry["returncode"] = returncode
+        entry["error"] = last_line(os.path.join(job.workdir, "log.txt"))
+    if is_done(job):
+        with open(results_path(job)) as f:
+            results = json.load(f)
+        entry.update({key: results[key] for key in ("test", "valid", "best_step", "wall_seconds")
+                      if key in results})
+    return entry
+
+
+def write_json_atomic(path: str, obj) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices and running.
+
+
+def visible_gpus(environ: dict[str, str], smi_output: str) -> list[str]:
+    """The GPU ids a job can be pinned to with CUDA_VISIBLE_DEVICES ([] on CPU)."""
+    platforms = environ.get("JAX_PLATFORMS", "")
+    if platforms and not {"cuda", "gpu"} & set(platforms.split(",")):
+        return []
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        ids = [d.strip() for d in environ["CUDA_VISIBLE_DEVICES"].split(",")]
+        return list(itertools.takewhile(lambda d: d and not d.startswith("-"), ids))
+    count = sum(line.startswith("GPU ") for line in smi_output.splitlines())
+    return [str(i) for i in range(count)]
+
+
+def nvidia_smi_list() -> str:
+    """`nvidia-smi -L` ('' without NVIDIA driver); JAX is not imported in the sweep process."""
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
+                              timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def job_environment(sweep_dir: str, device: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.abspath(os.path.join(sweep_dir, "jax_cache")))
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
+    return env
+
+
+def run_job(job: Job, env: dict[str, str]) -> int:
+    """Runs the job's command, its output appended to WORKDIR/<name>/log.txt; the exit code."""
+    os.makedirs(job.workdir, exist_ok=True)
+    with open(os.path.join(job.workdir, "log.txt"), "a") as log:
+        log.write(f"$ {shlex.join(job.command)}\n")
+        log.flush()
+        finished = subprocess.run(job.command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                  check=False)
+    return finished.returncode
+
+
+class Progress:
+    """One line per event, prefixed with the time since the sweep started."""
+
+    def __init__(self, total: int):
+        self.start, self.total = time.monotonic(), total
+
+    def print(self, index: int, text: str) -> None:
+        elapsed = int(time.monotonic() - self.start)
+        clock = f"{elapsed // 3600:02d}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}"
+        print(f"[{clock}] {index + 1}/{self.total} {text}", flush=True)
+
+
+def run_sweep(jobs: list[Job], devices: list[str | None], sweep_dir: str) -> list[dict]:
+    """Runs the jobs not done yet, one per device at a time; sweep.json after each one ends."""
+    progress = Progress(len(jobs))
+    entries = [job_entry(job, "skipped" if is_done(job) else "pending") for job in jobs]
+    for index, entry in enumerate(entries):
+        if entry["status"] == "skipped":
+            progress.print(index, f"skipped {entry['name']} (results.json exists)")
+    summary_path = os.path.join(sweep_dir, "sweep.json")
+    write_json_atomic(summary_path, {"jobs": entries})
+    free_devices = queue.Queue()
+    for device in devices:
+        free_devices.put(device)
+
+    def run_on_a_free_device(index: int) -> tuple[int, int, float]:
+        device = free_devices.get()
+        try:
+            where = "CPU" if device is None else f"GPU {device}"
+            progress.print(index, f"start {jobs[index].name} on {where}")
+            start = time.monotonic()
+            returncode = run_job(jobs[index], job_environment(sweep_dir, device))
+            return index, returncode, time.monotonic() - start
+        finally:
+            free_devices.put(device)
+
+    pending = [i for i, entry in enumerate(entries) if entry["status"] == "pending"]
+    with futures.ThreadPoolExecutor(max_workers=len(devices)) as pool:
+        running = [pool.submit(run_on_a_free_device, index) for index in pending]
+        try:
+            for future in futures.as_completed(running):
+                index, returncode, seconds = future.result()
+                entries[index] = job_entry(jobs[index], "done" if returncode == 0 else "failed",
+                                           returncode)
+                write_json_atomic(summary_path, {"jobs": entries})
+                progress.print(index, finish_line(entries[index], seconds))
+        finally:
+            pool.shutdown(cancel_futures=True)  # on Ctrl-C: start nothing more
+    return entries
+
+
+def finish_line(entry: dict, seconds: float) -> str:
+    if entry["status"] == "done":
+        return f"done {entry['name']} in {seconds:.0f} s"
+    return (f"FAILED {entry['name']} (exit {entry['returncode']}) in {seconds:.0f} s: "
+            f"{entry['error']}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="config file[:arg], as for sine_jax.main")
+    parser.add_argument("--workdir", required=True, help="the sweep's directory")
+    parser.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
+                        help="one axis of the grid (repeatable)")
+    parser.add_argument("--seeds", help="train.seed values, e.g. 0,1,2 (one more axis)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="an override for every job (repeatable)")
+    parser.add_argument("--devices", help="GPU ids, one job on each at a time (default: visible)")
+    parser.add_argument("--dry_run", action="store_true", help="print the jobs, run nothing")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        jobs = plan(args)
+        devices = parse_devices(args.devices) if args.devices else None
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    devices = devices or visible_gpus(os.environ, nvidia_smi_list()) or [None]
+    if args.dry_run:
+        for job in jobs:
+            print(f"{'skip' if is_done(job) else 'run'}: {shlex.join(job.command)}")
+        return 0
+    os.makedirs(args.workdir, exist_ok=True)
+    try:
+        entries = run_sweep(jobs, devices, args.workdir)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    failed = [entry["name"] for entry in entries if entry["status"] == "failed"]
+    print(f"{len(entries) - len(failed)}/{len(entries)} jobs done"
+          + (f"; failed: {', '.join(failed)}" if failed else "")
+          + f"; summary in {os.path.join(args.workdir, 'sweep.json')}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

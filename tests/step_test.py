@@ -1,0 +1,189 @@
+"""The train step on meshes of every shape, row-sparse against dense Adam, bf16, clipping,
+one compile, and checkpoints that restore onto another mesh (8 fake CPU devices)."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from configs import synthetic
+from sine_jax import checkpointing, train
+
+NUM_ITEMS = 300
+
+
+def _config(**overrides):
+    config = synthetic.get_config()
+    config.model.embed_dim = 16
+    config.model.num_interests = 2
+    config.model.num_prototypes = 8
+    config.model.max_seq_len = 6
+    config.train.batch_size = 16
+    config.loss.negatives_per_example = 2
+    for field, value in overrides.items():
+        section, name = field.split("__")
+        config[section][name] = value
+    return config
+
+
+def _batches(config, num_items=NUM_ITEMS, steps=3, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (config.train.batch_size, config.model.max_seq_len)
+    for _ in range(steps):
+        history = rng.integers(1, num_items + 1, shape)
+        history[:, : shape[1] // 2] *= rng.random((shape[0], 1)) < 0.5  # some left padding
+        yield {
+            "history": history.astype(np.int32),
+            "target": rng.integers(1, num_items + 1, shape[0]).astype(np.int32),
+        }
+
+
+def _train(config, batches, num_items=NUM_ITEMS, devices=None):
+    """(losses, final params as numpy, setup, step_fn) after the given batches."""
+    mesh = train.make_mesh(config, devices)
+    setup, state = train.create_train_state(config, num_items, mesh, total_steps=100)
+    step_fn = train.make_step_fn(setup, config)
+    sharding = NamedSharding(mesh, P("data"))
+    losses = []
+    for batch in batches:
+        state, metrics = step_fn(state, {k: jax.device_put(v, sharding) for k, v in batch.items()})
+        losses.append(float(metrics["loss"]))
+    return losses, jax.device_get(state.params), (setup, state), step_fn
+
+
+# Eq 3's LN2 bias adds the same vector to every slot k, so softmax_k ignores it: its gradient
+# is rounding noise, which Adam scales up to the learning rate; it is not compared.
+_NO_GRADIENT = "['norm2']['bias']"
+
+
+def _assert_params_close(a, b, **tol):
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+        name = jax.tree_util.keystr(path)
+        if _NO_GRADIENT not in name:
+            np.testing.assert_allclose(x, y, err_msg=name, **tol)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_every_mesh_shape_gives_the_single_device_step(sparse):
+    assert jax.device_count() == 8
+    config = _config(train__sparse_item_updates=sparse, mesh__data=1)
+    batches = list(_batches(config))
+    ref_losses, ref_params, _, _ = _train(config, batches, devices=jax.devices()[:1])
+    # Dense Adam on (8, 1) and (2, 4), sparse on (4, 2) and (1, 8): every mesh shape once.
+    for data, model in [(2, 4), (1, 8)] if sparse else [(8, 1), (4, 2)]:
+        config = _config(train__sparse_item_updates=sparse, mesh__data=data, mesh__model=model)
+        losses, params, (setup, state), step_fn = _train(config, batches)
+        np.testing.assert_allclose(losses, ref_losses, rtol=2e-5, err_msg=f"{data}x{model}")
+        _assert_params_close(params, ref_params, rtol=1e-4, atol=1e-5)
+        table = state.params["item_embedding"][...]
+        assert table.sharding.spec == P("model", None)
+        assert table.addressable_shards[0].data.shape[0] == setup.table_rows // model
+        assert step_fn._cache_size() == 1  # one compile for all steps
+
+
+def test_prototypes_shard_over_model_when_asked():
+    config = _config(mesh__data=2, mesh__model=4, mesh__shard_prototypes=True)
+    batches = list(_batches(config))
+    ref_losses, _, _, _ = _train(_config(mesh__data=1), batches, devices=jax.devices()[:1])
+    losses, _, (_, state), _ = _train(config, batches)
+    np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
+    assert state.params["prototypes"][...].sharding.spec == P("model", None)
+
+
+def test_sparse_equals_dense_adam_when_every_row_is_touched():
+    """Histories that hold every item each step: lazy and dense Adam are the same update."""
+    rng = np.random.default_rng(3)
+    batches = [
+        {"history": rng.permutation(np.arange(1, 41)).reshape(8, 5).astype(np.int32),
+         "target": rng.integers(1, 41, 8).astype(np.int32)}
+        for _ in range(4)
+    ]  # 8 x 5 history slots = all 40 items, every step  # fmt: skip
+    runs = [
+        _train(
+            _config(model__max_seq_len=5, train__batch_size=8, loss__negatives_per_example=1,
+                    train__sparse_item_updates=sparse),
+            batches, num_items=40, devices=jax.devices()[:1],
+        )
+        for sparse in (False, True)
+    ]  # fmt: skip
+    (dense_losses, dense_params, *_), (lazy_losses, lazy_params, *_) = runs
+    np.testing.assert_allclose(lazy_losses, dense_losses, rtol=1e-6)
+    _assert_params_close(lazy_params, dense_params, rtol=1e-5, atol=1e-7)
+
+
+def test_sparse_updates_leave_untouched_rows_exactly_unchanged():
+    config = _config(train__sparse_item_updates=True)
+    batches = [
+        {"history": np.full((16, 6), 7, np.int32), "target": np.full(16, 9, np.int32)}
+    ]  # items 7, 9 and the sampled negatives only
+    _, before, _, _ = _train(config, [], devices=jax.devices()[:1])
+    _, after, (setup, state), _ = _train(config, batches, devices=jax.devices()[:1])
+    table_before = before["item_embedding"][...]
+    table_after = after["item_embedding"][...]
+    changed = np.flatnonzero(np.any(table_after != table_before, axis=1))
+    assert {7, 9} <= set(changed.tolist())
+    assert len(changed) <= 2 + 2 * 16  # targets/history + at most S negatives
+    moments = np.asarray(state.item_moments.mu)
+    np.testing.assert_array_equal(np.flatnonzero(np.any(moments != 0, axis=1)), changed)
+    assert np.all(table_after[NUM_ITEMS + 1 :] == 0)  # padding rows stay zero
+
+
+def test_sparse_updates_default_on_for_catalogues_larger_than_a_step():
+    config = _config()
+    touched = train.touched_rows_per_step(config)  # 1 + 16 * 6 + 16 + 32 = 145
+    assert not train.uses_sparse_updates(config, touched - 1)
+    assert train.uses_sparse_updates(config, touched + 1)
+    config.loss.name = "full_softmax"
+    assert not train.uses_sparse_updates(config, 10 * touched)
+
+
+def test_gradient_clipping_is_optax_clip_by_global_norm_then_adam():
+    config = _config(train__grad_clip_norm=1e-3, train__sparse_item_updates=False)
+    batches = list(_batches(config, steps=1))
+    _, before, _, _ = _train(config, [], devices=jax.devices()[:1])
+    _, clipped, (setup, _), _ = _train(config, batches, devices=jax.devices()[:1])
+    # The same gradient through optax's own clip + Adam.
+    unclipped_config = _config(train__sparse_item_updates=False)
+    grads = _gradients(unclipped_config, batches[0])
+    tx = optax.chain(optax.clip_by_global_norm(1e-3), optax.adam(1e-3))
+    updates, _ = tx.update(grads, tx.init(before), before)
+    _assert_params_close(clipped, optax.apply_updates(before, updates), rtol=1e-5, atol=1e-7)
+
+
+def _gradients(config, batch):
+    """The step's gradient: the parameter change of one SGD step with rate 1 (no Adam)."""
+    mesh = train.make_mesh(config, jax.devices()[:1])
+    setup, state = train.create_train_state(config, NUM_ITEMS, mesh, total_steps=100)
+    sgd = train.Setup(**{**setup.__dict__, "tx": optax.sgd(-1.0)})  # params + grads
+    before = jax.device_get(state.params)
+    new_state, _ = train.make_step_fn(sgd, config)(state, batch)  # donates `state`
+    return jax.tree.map(lambda a, b: a - b, jax.device_get(new_state.params), before)
+
+
+def test_bfloat16_compute_keeps_float32_weights_and_a_close_loss():
+    config = _config()
+    batches = list(_batches(config, steps=2))
+    f32 = _train(config, batches, devices=jax.devices()[:1])
+    bf16 = _train(_config(train__compute_dtype="bfloat16"), batches, devices=jax.devices()[:1])
+    np.testing.assert_allclose(bf16[0], f32[0], rtol=3e-2)
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(bf16[1]))
+
+
+def test_checkpoint_from_a_4x2_mesh_restores_on_8x1_and_on_one_device(tmp_path):
+    config = _config(mesh__data=4, mesh__model=2)
+    _, params, (setup, state), _ = _train(config, list(_batches(config, steps=2)))
+    ckpt = checkpointing.Checkpointer(str(tmp_path), keep=2)
+    ckpt.manager.save(2, args=checkpointing.ocp.args.Composite(
+        state=checkpointing.ocp.args.StandardSave(state)))  # fmt: skip
+    ckpt.wait()
+    for data, model, devices in [(8, 1, None), (1, 1, jax.devices()[:1])]:
+        other = _config(mesh__data=data, mesh__model=model)
+        mesh = train.make_mesh(other, devices)
+        other_setup, _ = train.create_train_state(other, NUM_ITEMS, mesh, total_steps=100)
+        restored = ckpt.restore_state(2, other_setup.abstract_state)
+        _assert_params_close(jax.device_get(restored.params), params, rtol=0, atol=0)
+        table = restored.params["item_embedding"][...]
+        assert table.sharding.mesh.shape == {"data": data, "model": model}
+    ckpt.close()
