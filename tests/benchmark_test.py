@@ -1,0 +1,54 @@
+"""launch/benchmark.py in its tiny mode, and its parsers."""
+
+import os
+import sys
+
+import pytest
+from absl import app
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "launch"))
+import benchmark  # noqa: E402
+
+from configs import synthetic  # noqa: E402
+
+
+def _tiny_config(**mesh):
+    config = synthetic.get_config()
+    config.model.embed_dim = 16
+    config.model.num_prototypes = 8
+    config.model.max_seq_len = 5
+    config.train.batch_size = 16
+    config.mesh.data, config.mesh.model = mesh.get("data", -1), mesh.get("model", 1)
+    return config
+
+
+def test_tiny_benchmark_reports_every_field_and_compiles_once():
+    results = benchmark.run_benchmark(_tiny_config(data=4, model=2), num_items=500, steps=2,
+                                      warmup=1)
+    for key in ("examples_per_sec", "steps_per_sec", "compile_seconds", "num_compiles",
+                "flops_per_step", "bytes_per_step", "roofline_fraction", "peak_memory_bytes",
+                "devices", "mesh", "batch_size", "num_items"):
+        assert key in results, key
+    assert results["num_compiles"] == 1
+    assert results["mesh"] == {"data": 4, "model": 2} and results["devices"] == 8
+    assert results["flops_per_step"] > 0 and results["examples_per_sec"] > 0
+    assert 0 < results["roofline_fraction"]
+    assert results["sparse_item_updates"]  # 500 items > the 113 rows a step touches
+    assert "examples/s" in benchmark.format_table(results)
+
+
+def test_collective_bytes_reads_the_compiled_module():
+    hlo = """
+  %all-reduce.1 = f32[128,16]{1,0} all-reduce(f32[128,16]{1,0} %x), replica_groups={}
+  %ag = (f32[8]{0}, s32[4]{0}) all-gather-start(f32[2]{0} %y), dimensions={0}
+  %dot.2 = f32[4,4]{1,0} dot(f32[4,2]{1,0} %a, f32[2,4]{1,0} %b)
+"""
+    assert benchmark.collective_bytes(hlo) == {"all-reduce": 128 * 16 * 4, "all-gather": 48}
+
+
+def test_mesh_flag():
+    assert benchmark.parse_mesh("data:4,model:2") == {"data": 4, "model": 2}
+    assert benchmark.parse_mesh(None) == {}
+    with pytest.raises(app.UsageError, match="data:D,model:M"):
+        benchmark.parse_mesh("rows:2")
