@@ -75,7 +75,7 @@ def get_config() -> config_dict.ConfigDict:
     train.log_every_steps = 100  # progress line and TensorBoard scalars
     # Row-sparse ("lazy") Adam for the item table: only the rows a batch touches (history,
     # targets, negatives) and their moments are updated, so a step costs the same for 40k or
-    # 4M items. None = on when the catalogue has more items than a batch touches at most.
+    # 4M items. None = on when a step touches at most 1/8 of the table (Taobao, not ML-1M).
     train.sparse_item_updates = config_dict.placeholder(bool)
     train.compute_dtype = "float32"  # float32 | bfloat16 (bf16 compute, f32 master weights)
 

@@ -130,11 +130,12 @@ def test_sparse_updates_leave_untouched_rows_exactly_unchanged():
     assert np.all(table_after[NUM_ITEMS + 1 :] == 0)  # padding rows stay zero
 
 
-def test_sparse_updates_default_on_for_catalogues_larger_than_a_step():
+def test_sparse_updates_default_on_for_catalogues_much_larger_than_a_step():
     config = _config()
     touched = train.touched_rows_per_step(config)  # 1 + 16 * 6 + 16 + 32 = 145
-    assert not train.uses_sparse_updates(config, touched - 1)
-    assert train.uses_sparse_updates(config, touched + 1)
+    ratio = train.SPARSE_DEFAULT_RATIO
+    assert not train.uses_sparse_updates(config, ratio * touched - 1)
+    assert train.uses_sparse_updates(config, ratio * touched)
     config.loss.name = "full_softmax"
     assert not train.uses_sparse_updates(config, 10 * touched)
 
