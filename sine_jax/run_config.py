@@ -2,8 +2,9 @@
 
 `WORKDIR/config.json` is written when a run starts. Rerunning on the same workdir resumes,
 so the config must match it except for fields that only change the run's length or its
-bookkeeping (RESUMABLE_FIELDS) and the export's settings (`serving.*`); anything else is refused with the differing fields named,
-unless the user passes `--allow_config_change`.
+bookkeeping (RESUMABLE_FIELDS), the export's settings (`serving.*`) and the device mesh
+(`mesh.*`); anything else is refused with the differing fields named, unless the user
+passes `--allow_config_change`.
 """
 
 import json
@@ -24,7 +25,9 @@ RESUMABLE_FIELDS = (
     "data.cache_dir",
     "checkpoint.keep",
 )
-RESUMABLE_PREFIXES = ("serving.",)  # read by --mode=export only
+# serving.*: read by --mode=export only; mesh.*: checkpoints restore onto any mesh shape and
+# the global batches do not depend on it.
+RESUMABLE_PREFIXES = ("serving.", "mesh.")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

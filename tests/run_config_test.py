@@ -25,6 +25,13 @@ def test_run_length_may_change(tmp_path):
     run_config.check_or_record(config, str(tmp_path), allow_change=False)
 
 
+def test_the_mesh_may_change(tmp_path):  # checkpoints restore onto any mesh shape
+    config = synthetic.get_config()
+    run_config.check_or_record(config, str(tmp_path), allow_change=False)
+    config.mesh.data, config.mesh.model = 4, 2
+    run_config.check_or_record(config, str(tmp_path), allow_change=False)
+
+
 def test_other_changes_are_refused_with_the_fields_named(tmp_path):
     config = synthetic.get_config()
     run_config.check_or_record(config, str(tmp_path), allow_change=False)
