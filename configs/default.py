@@ -39,7 +39,10 @@ def get_config() -> config_dict.ConfigDict:
     data.synthetic.seed = 0  # generator seed
 
     config.model = model = config_dict.ConfigDict()
-    model.name = "sine"  # the model; baselines come with the baselines issue
+    # sine | sine_cate (item categories as the prototype pool) | sine_label (MIND's label-aware
+    # attention instead of eqs 6-8; K x N retrieval) | the baselines gru4rec caser sasrec mind
+    # mcprn comirec_sa | pop (training counts; nothing trained). See sine_jax/models.py.
+    model.name = "sine"
     model.embed_dim = 128  # D
     model.num_interests = 4  # K, interests activated per user
     model.num_prototypes = 50  # L, concept prototypes in the pool ("topic_num" in the reference code)
@@ -54,6 +57,20 @@ def get_config() -> config_dict.ConfigDict:
     model.aggregation_attention = config_dict.placeholder(str)  # eq 6: shared_w3 | own | own_plus_items
     model.aggregation = config_dict.placeholder(str)  # eqs 7-8: temperature | dense_concat
     model.positional_in_concept_attention = config_dict.placeholder(bool)  # eq 1 input + pos-emb
+    # Baselines' own fields (they also read embed_dim, max_seq_len and num_interests).
+    model.sasrec = config_dict.ConfigDict()
+    model.sasrec.num_blocks = 2  # self-attention blocks (SASRec paper: 2)
+    model.sasrec.num_heads = 1  # attention heads (SASRec paper: 1)
+    model.caser = config_dict.ConfigDict()
+    model.caser.num_horizontal = 16  # horizontal filters per height 1..n (Caser paper: 16)
+    model.caser.num_vertical = 4  # vertical filters (Caser paper: 4)
+    model.caser.markov_order = 5  # L: Caser sees the most recent L <= n items (Caser paper: 5)
+    model.mind = config_dict.ConfigDict()
+    model.mind.routing_iterations = 3  # behaviour-to-interest routing iterations (MIND: 3)
+    model.mcprn = config_dict.ConfigDict()
+    model.mcprn.temperature = 0.1  # tau of the purpose-routing softmax
+    model.comirec_sa = config_dict.ConfigDict()
+    model.comirec_sa.attention_hidden = 0  # hidden width of the self-attention; 0 = 4 D (ComiRec code)
 
     config.loss = loss = config_dict.ConfigDict()
     loss.name = "sampled_softmax"  # sampled_softmax (eq 9 with sampling) | full_softmax

@@ -4,8 +4,7 @@ import jax
 from ml_collections import config_dict
 
 from sine_jax.errors import ConfigError
-
-MODEL_NAMES = ("sine",)
+from sine_jax.models import MODEL_NAMES
 LOSS_NAMES = ("sampled_softmax", "full_softmax")
 LR_DECAYS = ("constant", "cosine")
 ON_BAD_ROW = ("error", "skip")
@@ -62,6 +61,11 @@ def validate(config: config_dict.ConfigDict, num_devices: int | None = None) -> 
         raise ConfigError(
             "train.sparse_item_updates=True needs loss.name=sampled_softmax: the full softmax "
             "touches every row of the item table"
+        )
+    if config.train.sparse_item_updates and config.model.name == "sine_cate":
+        raise ConfigError(
+            "train.sparse_item_updates=True does not fit model.name='sine_cate': its category "
+            "prototypes average the whole item table each step"
         )
     _, model_size = mesh_shape(config, num_devices)
     if config.mesh.shard_prototypes and config.model.num_prototypes % model_size:

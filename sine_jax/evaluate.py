@@ -141,24 +141,9 @@ def evaluate(
     return metrics.multi_target_metrics(top, arrays["targets"], ks)
 
 
-def popularity_metrics(
-    item_counts: np.ndarray,
-    arrays: dict[str, np.ndarray],
-    *,
-    mask_history: bool,
-    ks: Sequence[int],
-    batch_size: int = 1024,
-) -> dict[str, float]:
-    """The popularity ranking (score = training count) evaluated like a model: the floor."""
-    table = jnp.asarray(item_counts, jnp.float32)[:, None]  # [M + 1, 1]
-    ranks = []
-    for start in range(0, len(arrays["target"]), batch_size):
-        target = jnp.asarray(arrays["target"][start : start + batch_size])
-        exclude = jnp.asarray(arrays["exclude"][start : start + batch_size])
-        ones = jnp.ones((len(target), 1), jnp.float32)
-        ranks.append(
-            np.asarray(
-                metrics.target_ranks(ones, table, target, exclude if mask_history else None)
-            )
-        )
-    return metrics.rank_metrics(np.concatenate(ranks), ks)
+def popularity_encode(counts: jax.Array, history: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The popularity ranking as an `EncodeFn` (params = the training counts [R] as float):
+    every user's query is 1 [B, 1] against the one-column table of counts [R, 1], so an item
+    scores its count (the `pop` floor of every table; ties count against the target)."""
+    ones = jnp.ones((history.shape[0], 1), counts.dtype)
+    return ones, counts[:, None]

@@ -111,8 +111,17 @@ def write_export(
     return manifest
 
 
+# Models whose encoder gives one user vector with SINE's interests (what serving reads).
+EXPORTABLE_MODELS = ("sine", "sine_cate")
+
+
 def check_serving_config(config: config_dict.ConfigDict) -> None:
-    """Raises ConfigError naming the first bad `serving` field."""
+    """Raises ConfigError naming the first bad `serving` field (or an unexportable model)."""
+    if config.model.name not in EXPORTABLE_MODELS:
+        raise ConfigError(
+            f"model.name={config.model.name!r}: --mode=export serves SINE's encoder (one user "
+            f"vector and its interests); exportable: {', '.join(EXPORTABLE_MODELS)}"
+        )
     serving_config = config.serving
     if serving_config.index not in serving.INDEX_KINDS:
         kinds = ", ".join(serving.INDEX_KINDS)

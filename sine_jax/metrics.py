@@ -92,6 +92,14 @@ def _scan_table(
     return carry
 
 
+def _scores(queries: jax.Array, rows: jax.Array) -> jax.Array:
+    """Scores [B, C] of rows [C, D] for queries [B, D], or for K queries per user [B, K, D]
+    the best of the K (ranking by it = merging the K per-interest top-N lists by score)."""
+    if queries.ndim == 2:
+        return queries @ rows.T
+    return jnp.max(jnp.einsum("bkd,cd->bkc", queries, rows), axis=1)
+
+
 def _count_ahead(
     user_vectors: jax.Array,
     item_table: jax.Array,
@@ -111,7 +119,7 @@ def _count_ahead(
     differently depending on how XLA fuses it.)
 
     Args:
-      user_vectors: [B, D].
+      user_vectors: [B, D], or [B, K, D] (an item scores its best of the K).
       item_table, exclude, first_id, num_items, chunk_size: as `_scan_table`.
       targets: int32 [B] global item ids.
       target_rows: [B, D] their rows of the full table.
@@ -119,7 +127,7 @@ def _count_ahead(
 
     def step(count, ids, table_chunk, valid):
         chunk = table_chunk.shape[0]
-        scores = user_vectors @ jnp.concatenate([table_chunk, target_rows]).T  # [B, chunk + B]
+        scores = _scores(user_vectors, jnp.concatenate([table_chunk, target_rows]))  # [B, chunk+B]
         target_scores = jnp.diagonal(scores[:, chunk:])  # [B]
         ahead = valid & (scores[:, :chunk] >= target_scores[:, None]) & (ids != targets[:, None])
         return count + jnp.sum(ahead, axis=1, dtype=jnp.int32)
@@ -161,7 +169,7 @@ def _local_top_k(
     """
 
     def step(best, ids, table_chunk, valid):
-        scores = jnp.where(valid, user_vectors @ table_chunk.T, -jnp.inf)  # [B, chunk]
+        scores = jnp.where(valid, _scores(user_vectors, table_chunk), -jnp.inf)  # [B, chunk]
         merged_scores = jnp.concatenate([best[0], scores], axis=1)  # [B, k + chunk]
         merged_ids = jnp.concatenate([best[1], jnp.broadcast_to(ids, scores.shape)], axis=1)
         return _merge_top_k(merged_scores, merged_ids, k)
@@ -206,7 +214,7 @@ def target_ranks(
     excluded.
 
     Args:
-      user_vectors: [B, D].
+      user_vectors: [B, D], or [B, K, D] (an item scores its best of the K).
       item_table: [R, D] (row 0 = padding; rows after M = pad rows, never counted).
       targets: int32 [B] in 1..M.
       exclude: int32 [B, H] item ids removed from the ranking, or None.
@@ -241,7 +249,7 @@ def sharded_target_ranks(
     its chunks' products, as `target_ranks` does.
 
     Args:
-      user_vectors: [B, D], B a multiple of the 'data' axis size.
+      user_vectors: [B, D] or [B, K, D]; B a multiple of the 'data' axis size.
       item_table: [R, D], R a multiple of the 'model' axis size (S).
       targets, exclude, num_items, chunk_size: as `target_ranks`.
       mesh: a mesh with axes 'data' and 'model'.
@@ -307,7 +315,7 @@ def top_items(
     the missing places hold 0.
 
     Args:
-      user_vectors: [B, D].
+      user_vectors: [B, D], or [B, K, D] (an item scores its best of the K).
       item_table: [R, D] (row 0 = padding; rows after M = pad rows, never returned).
       exclude: int32 [B, H] item ids removed from the ranking, or None.
       k: how many items to return.
@@ -341,7 +349,7 @@ def sharded_top_items(
     lower id first, as in `top_items`. Users are split over 'data'.
 
     Args:
-      user_vectors: [B, D], B a multiple of the 'data' axis size.
+      user_vectors: [B, D] or [B, K, D]; B a multiple of the 'data' axis size.
       item_table: [R, D], R a multiple of the 'model' axis size (S).
       exclude, k, num_items, chunk_size: as `top_items`.
       mesh: a mesh with axes 'data' and 'model'.

@@ -31,9 +31,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from sine_jax.errors import ConfigError
+from sine_jax.models import Constant
 
 Norm = Callable[[jax.Array], jax.Array]
 
@@ -127,6 +129,27 @@ def _attention_pool(
     """
     a = masked_softmax(jnp.tanh(projected) @ w_out, mask, axis=-1)  # [B, n]
     return jnp.einsum("bn,bnd->bd", a, values), a
+
+
+def category_prototypes(
+    table: jax.Array, item_category: jax.Array, num_categories: int
+) -> jax.Array:
+    """SINE-cate's pool: prototype c = the mean embedding of the items of category c.
+
+    Args:
+        table: [R, D] item table.
+        item_category: int32 [R] each row's category in 0..L-1; -1 for padding, pad rows
+            and items without a category (they join no prototype).
+        num_categories: L.
+
+    Returns:
+        [L, D] category centroids (a category without items is a zero row).
+    """
+    sums = jax.ops.segment_sum(table, item_category, num_segments=num_categories)  # [L, D]
+    counts = jax.ops.segment_sum(
+        jnp.ones_like(item_category, table.dtype), item_category, num_segments=num_categories
+    )
+    return sums / jnp.maximum(counts, 1.0)[:, None]
 
 
 def concept_activation(
@@ -359,7 +382,7 @@ _CHOICES = {
     "assignment": ("layernorm", "cosine"),
     "interest_attention": ("per_interest", "shared_gated"),
     "aggregation_attention": ("shared_w3", "own", "own_plus_items"),
-    "aggregation": ("temperature", "dense_concat"),
+    "aggregation": ("temperature", "dense_concat", "label_aware"),
 }
 _BOOLS = ("interest_layernorm", "positional_in_concept_attention")
 
@@ -385,7 +408,13 @@ class SineOptions:
             applied in every mode (no switch removes it; the reference code has none).
         aggregation: eqs 7-8. "temperature": the literal softmax_k(C_apt . phi_k / tau);
             "dense_concat": the reference code's e = softmax_k(phi_k . Dense(concat[mean_k
-            phi_k, C_apt])) without tau, v = sum_k e_k phi_k.
+            phi_k, C_apt])) without tau, v = sum_k e_k phi_k; "label_aware": SINE-label (set
+            by model.name=sine_label): no eqs 6-8; training scores each example with the
+            interest nearest its target (MIND's label-aware attention, p -> infinity) and
+            inference retrieves with all K interests (K x N candidates merged by score).
+        prototype_pool: "learned" (eq 2's C, L free prototypes) or "categories" (SINE-cate,
+            set by model.name=sine_cate: C = the mean item embedding of each item category,
+            L = the number of categories; no free prototypes, no L_c).
         positional_in_concept_attention: add the learned positional embeddings to the attention
             input of eq 1, and of eq 6 (the reference code adds them to both; values stay
             un-embedded). Eq 4 always adds them (paper and reference code).
@@ -399,6 +428,7 @@ class SineOptions:
     aggregation_attention: str = "shared_w3"
     aggregation: str = "temperature"
     positional_in_concept_attention: bool = False
+    prototype_pool: str = "learned"
     temperature: float = 0.1
 
     def __post_init__(self):
@@ -415,6 +445,8 @@ class SineOptions:
             value = getattr(self, field)
             if not isinstance(value, bool):
                 raise ConfigError(f"model.{field}={value!r} must be True or False")
+        if self.prototype_pool not in ("learned", "categories"):
+            raise ConfigError(f"prototype_pool={self.prototype_pool!r}: learned | categories")
         tau = self.temperature
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
             raise ConfigError(f"model.temperature={tau!r} must be a number > 0")
@@ -433,6 +465,11 @@ PRESETS = {
     ),
 }
 SWITCHES = ("attention_hidden", *_CHOICES, *_BOOLS)
+# The ablations of the paper's Table 6, as `model.name`s: the options each one fixes.
+VARIANTS = {
+    "sine_cate": {"prototype_pool": "categories"},
+    "sine_label": {"aggregation": "label_aware"},
+}
 
 
 def resolve_switches(model_config) -> SineOptions:
@@ -455,6 +492,14 @@ def resolve_switches(model_config) -> SineOptions:
     temperature = model_config.get("temperature")
     if temperature is not None:
         overrides["temperature"] = temperature
+    name = model_config.get("name", "sine")
+    for field, value in VARIANTS.get(name, {}).items():
+        if overrides.get(field, value) != value:
+            raise ConfigError(
+                f"model.name={name!r} sets model.{field}={value!r}; drop "
+                f"model.{field}={overrides[field]!r}"
+            )
+        overrides[field] = value
     return dataclasses.replace(PRESETS[preset], **overrides)
 
 
@@ -466,9 +511,9 @@ class UserEncoding(NamedTuple):
     """What `SINE.__call__` returns.
 
     Attributes:
-        user_vector: [B, D] v (eq 8), the query against the item table.
+        user_vector: [B, D] v (eq 8), the query against the item table (None for SINE-label).
         interests: [B, K, D] phi (eq 5).
-        interest_weights: [B, K] e (eq 7).
+        interest_weights: [B, K] e (eq 7) (None for SINE-label).
         prototype_ids: [B, K] int32 selected prototypes, descending score (eq 2).
         assignment: [B, n, K] P(k|t) (eq 3).
         concept_attention: [B, n] a (eq 1), zero at padding.
@@ -501,7 +546,10 @@ def _param_specs(
         "concept_w1": ((d, h), d, h),
         "concept_w2": ((h,), h, 1),
     }
-    if options.assignment == "layernorm" or options.aggregation_attention == "shared_w3":
+    if options.prototype_pool == "categories":
+        del specs["prototypes"]
+    eq6 = options.aggregation != "label_aware"  # SINE-label has no eqs 6-8
+    if options.assignment == "layernorm" or (eq6 and options.aggregation_attention == "shared_w3"):
         specs["w3"] = ((d, d), d, d)
     if options.interest_attention == "per_interest":
         specs["interest_w1"] = ((k, d, h), d, h)
@@ -509,14 +557,25 @@ def _param_specs(
     else:
         specs["interest_w1"] = ((d, h), d, h)
         specs["interest_w2"] = ((h, k), h, k)
-    if options.aggregation_attention == "shared_w3":
+    if eq6 and options.aggregation_attention == "shared_w3":
         specs["aggregation_w4"] = ((d,), d, 1)
-    else:
+    elif eq6:
         specs["aggregation_w"] = ((d, h), d, h)
         specs["aggregation_w4"] = ((h,), h, 1)
     if options.aggregation == "dense_concat":
         specs["query_kernel"] = ((2 * d, d), 2 * d, d)
     return specs
+
+
+def init_item_table(key: jax.Array, num_items: int, table_rows: int, embed_dim: int) -> jax.Array:
+    """The item table [R, D]: Glorot-uniform over the M + 1 real rows (fans M + 1 and D), row 0
+    (padding) zero, then zero rows up to R (the same values whatever R).
+
+    Every model (SINE and the baselines) starts its table this way.
+    """
+    limit = math.sqrt(6.0 / (num_items + 1 + embed_dim))
+    table = jax.random.uniform(key, (num_items + 1, embed_dim), minval=-limit, maxval=limit)
+    return jnp.pad(table.at[0].set(0.0), ((0, table_rows - num_items - 1), (0, 0)))
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -530,11 +589,8 @@ def _glorot_uniform(key: jax.Array, specs: tuple) -> dict[str, jax.Array]:
     """
     table_key, key = jax.random.split(key)
     specs = dict(specs)
-    shape, fan_in, fan_out = specs.pop("item_embedding")
-    limit = math.sqrt(6.0 / (fan_in + fan_out))
-    table = jax.random.uniform(table_key, (fan_in, shape[1]), minval=-limit, maxval=limit)
-    table = jnp.pad(table.at[0].set(0.0), ((0, shape[0] - fan_in), (0, 0)))
-    values = {"item_embedding": table}
+    (rows, d), fan_in, _ = specs.pop("item_embedding")
+    values = {"item_embedding": init_item_table(table_key, fan_in - 1, rows, d)}
     sizes = [math.prod(shape) for shape, _, _ in specs.values()]
     flat = jax.random.uniform(key, (sum(sizes),), minval=-1.0, maxval=1.0)
     starts = itertools.accumulate(sizes, initial=0)
@@ -567,10 +623,16 @@ class SINE(nnx.Module):
         max_seq_len: int,
         options: SineOptions,
         rngs: nnx.Rngs,
+        item_categories: np.ndarray | None = None,
     ):
         d = embed_dim
         self.options = options
         self.num_interests = num_interests
+        self.num_prototypes = num_prototypes
+        if options.prototype_pool == "categories":  # [R], -1 past M and where unknown
+            padded = np.full(table_rows, -1, np.int32)
+            padded[: len(item_categories)] = item_categories
+            self.item_category = Constant(jnp.asarray(padded))
         specs = _param_specs(
             num_items, table_rows, d, num_interests, num_prototypes, max_seq_len, options
         )
@@ -595,7 +657,8 @@ class SINE(nnx.Module):
         self.norm3 = layer_norm(options.interest_layernorm)
         self.aggregation_w = param("aggregation_w")
         self.aggregation_w4 = param("aggregation_w4")
-        self.norm4 = nnx.LayerNorm(d, rngs=rngs)
+        eq6 = options.aggregation != "label_aware"
+        self.norm4 = nnx.LayerNorm(d, rngs=rngs) if eq6 else None
         self.query_kernel = param("query_kernel")
         dense = options.aggregation == "dense_concat"
         self.query_bias = nnx.Param(jnp.zeros((d,))) if dense else None
@@ -624,7 +687,11 @@ class SINE(nnx.Module):
         z, a = self_attentive_pool(
             x, mask, w1, self.concept_w2[...], concept_pos, x_w1=project(w1)
         )
-        c_u, prototype_ids, _ = concept_activation(z, self.prototypes[...], self.num_interests)
+        if opts.prototype_pool == "categories":
+            prototypes = category_prototypes(table, self.item_category[...], self.num_prototypes)
+        else:
+            prototypes = self.prototypes[...]
+        c_u, prototype_ids, _ = concept_activation(z, prototypes, self.num_interests)
 
         # Eq 3.
         if opts.assignment == "layernorm":
@@ -642,6 +709,9 @@ class SINE(nnx.Module):
         else:
             p_tk = gated_interest_attention(x, mask, pos, w1, w2, p_kt, x_w1=project(w1))
             phi = interest_embeddings(None, p_tk, x, self.norm3)
+
+        if opts.aggregation == "label_aware":  # SINE-label: the K interests are the query
+            return UserEncoding(None, phi, None, prototype_ids, p_kt, a)
 
         # Eq 6.
         if opts.aggregation_attention == "shared_w3":
@@ -669,42 +739,64 @@ class SINE(nnx.Module):
             concept_attention=a,
         )
 
+    def encode(self, history: jax.Array) -> jax.Array:
+        """The retrieval query (`sine_jax.models`): v [B, D], or phi [B, K, D] for SINE-label."""
+        encoding = self(history)
+        return encoding.interests if encoding.user_vector is None else encoding.user_vector
+
 
 def _check_int(field: str, value, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"model.{field}={value!r} must be an integer >= {minimum}")
 
 
+SINE_NAMES = ("sine", *VARIANTS)
+
+
 def build_model(
-    model_config, num_items: int, rngs: nnx.Rngs, *, table_rows: int | None = None
+    model_config, num_items: int, rngs: nnx.Rngs, *, table_rows: int | None = None,
+    item_categories: np.ndarray | None = None,
 ) -> SINE:
-    """Validates `config.model` and builds SINE.
+    """Validates `config.model` and builds SINE (or its ablation SINE-cate or SINE-label).
 
     Args:
-        model_config: `config.model` with name ("sine"), embed_dim, num_interests,
-            num_prototypes, max_seq_len, temperature, preset and the switch fields.
+        model_config: `config.model` with name ("sine", "sine_cate", "sine_label"), embed_dim,
+            num_interests, num_prototypes, max_seq_len, temperature, preset and the switch
+            fields.
         num_items: M, the number of real items (ids 1..M).
         rngs: parameter RNG streams.
         table_rows: rows of the item table, >= M + 1 (default M + 1); rows past M are
             padding (zero) so that the table splits evenly over devices.
+        item_categories: int [M + 1] each item's category (-1 = none); SINE-cate's pool is
+            one prototype per category (L = the largest category id + 1, replacing
+            model.num_prototypes).
 
     Returns:
         The SINE module.
 
     Raises:
-        ConfigError: a field is invalid (the message names it and the allowed values).
+        ConfigError: a field is invalid (the message names it and the allowed values), or
+            SINE-cate without item categories.
         ValueError: num_items < 1 (a data problem the caller should have reported).
     """
     name = model_config.get("name", "sine")
-    if name != "sine":
-        raise ConfigError(f"model.name={name!r} must be one of ('sine',)")
+    if name not in SINE_NAMES:
+        raise ConfigError(f"model.name={name!r} must be one of {SINE_NAMES}")
     for field in ("embed_dim", "num_interests", "num_prototypes", "max_seq_len"):
         _check_int(field, model_config.get(field), 1)
+    options = resolve_switches(model_config)
     k, num_prototypes = model_config.get("num_interests"), model_config.get("num_prototypes")
+    if options.prototype_pool == "categories":
+        if item_categories is None or np.max(item_categories, initial=-1) < 0:
+            raise ConfigError(
+                f"model.name={name!r} needs item categories and this dataset has none "
+                "(MovieLens: movies.dat or u.item beside the ratings; csv: data.category_column)"
+            )
+        num_prototypes = int(np.max(item_categories)) + 1
     if k > num_prototypes:
-        raise ConfigError(
-            f"model.num_interests={k} must be <= model.num_prototypes={num_prototypes}"
-        )
+        pool = (f"the {num_prototypes} item categories" if options.prototype_pool == "categories"
+                else f"model.num_prototypes={num_prototypes}")
+        raise ConfigError(f"model.num_interests={k} must be <= {pool}")
     if num_items < 1:
         raise ValueError(f"num_items={num_items} must be >= 1")
     table_rows = num_items + 1 if table_rows is None else table_rows
@@ -717,6 +809,7 @@ def build_model(
         num_interests=k,
         num_prototypes=num_prototypes,
         max_seq_len=model_config.get("max_seq_len"),
-        options=resolve_switches(model_config),
+        options=options,
         rngs=rngs,
+        item_categories=item_categories,
     )

@@ -24,8 +24,15 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_dict
 
-from sine_jax import checkpointing, config_checks, evaluate, losses, run_config, sparse_adam
-from sine_jax import model as model_lib
+from sine_jax import (
+    checkpointing,
+    config_checks,
+    evaluate,
+    losses,
+    models,
+    run_config,
+    sparse_adam,
+)
 from sine_jax.data import dataset as dataset_lib
 from sine_jax.data import pipeline
 from sine_jax.errors import SineError
@@ -118,7 +125,10 @@ def uses_sparse_updates(config: config_dict.ConfigDict, num_items: int) -> bool:
         and config.loss.negatives_per_example * config.train.batch_size < num_items
     )
     if config.train.sparse_item_updates is None:
-        return sampled and num_items + 1 > SPARSE_DEFAULT_RATIO * touched_rows_per_step(config)
+        return (
+            sampled and config.model.name != "sine_cate"
+            and num_items + 1 > SPARSE_DEFAULT_RATIO * touched_rows_per_step(config)
+        )
     if config.train.sparse_item_updates and not sampled:
         raise SineError(
             f"train.sparse_item_updates=True needs sampled negatives: S = "
@@ -153,10 +163,12 @@ def _state_sharding(abstract_state, mesh: jax.sharding.Mesh, shard_prototypes: b
 
 
 def create_train_state(
-    config: config_dict.ConfigDict, num_items: int, mesh: jax.sharding.Mesh, total_steps: int
+    config: config_dict.ConfigDict, num_items: int, mesh: jax.sharding.Mesh, total_steps: int,
+    item_categories: np.ndarray | None = None,
 ) -> tuple[Setup, TrainState]:
     """Builds the model and optimizer state, each array created directly with its sharding
-    (a row-split table is never whole on one device)."""
+    (a row-split table is never whole on one device). `item_categories` [M + 1] (-1 = none)
+    is what SINE-cate's prototype pool is made of."""
     schedule = learning_rate_schedule(config.train, total_steps)
     tx = optax.adam(schedule)
     sparse = uses_sparse_updates(config, num_items)
@@ -164,12 +176,15 @@ def create_train_state(
     seed = config.train.seed
 
     def build():
-        return model_lib.build_model(
-            config.model, num_items, nnx.Rngs(seed), table_rows=table_rows
+        return models.build_model(
+            config.model, num_items, nnx.Rngs(seed), table_rows=table_rows,
+            item_categories=item_categories,
         )
 
     abstract_model = nnx.eval_shape(build)  # validates the model config, allocates nothing
-    graphdef, _, rest = nnx.split(abstract_model, nnx.Param, ...)
+    graphdef, _, _ = nnx.split(abstract_model, nnx.Param, ...)
+    # The model's fixed arrays (`models.Constant`), made for real; XLA drops the parameters.
+    rest = jax.jit(lambda: nnx.split(build(), nnx.Param, ...)[2])()
 
     def init():
         params = nnx.state(build(), nnx.Param)
@@ -199,9 +214,10 @@ def create_train_state(
 
 
 def encode(setup: Setup, params: nnx.State, history: jax.Array):
-    """(user vectors [B, D], item table [R, D]) for histories int32 [B, n]."""
+    """(queries [B, D] or [B, K, D], item table [R, D]) for histories int32 [B, n]
+    (`sine_jax.models`: K queries rank an item by its best score)."""
     model = nnx.merge(setup.graphdef, params, setup.rest)
-    return model(history).user_vector, model.item_embedding[...]
+    return model.encode(history), model.item_embedding[...]
 
 
 def _with_table(dense: nnx.State, table: jax.Array) -> nnx.State:
@@ -259,8 +275,10 @@ def train_step(
     def loss_fn(dense, rows):
         params = _with_table(_cast(dense, compute_dtype), rows.astype(compute_dtype))
         model = nnx.merge(setup.graphdef, params, setup.rest)
-        user_vectors = model(history_idx).user_vector  # [B, D]
+        user_vectors = model.encode(history_idx)  # [B, D] or [B, K, D]
         rows_c = model.item_embedding[...]
+        if user_vectors.ndim == 3:  # multi-interest: the interest nearest each target
+            user_vectors = models.label_aware_readout(user_vectors, rows_c[target_idx])
         if full:
             like = losses.full_softmax_loss(user_vectors, rows_c, target, num_items)
         else:
@@ -271,7 +289,10 @@ def train_step(
                 remove_accidental_hits=loss_config.remove_accidental_hits,
             )
         like = jnp.mean(like.astype(jnp.float32))
-        cov = losses.covariance_regularizer(dense["prototypes"][...])
+        cov = (  # eqs 10-11 on a learned prototype pool; models without one have L_c = 0
+            losses.covariance_regularizer(dense["prototypes"][...])
+            if "prototypes" in dense else jnp.zeros((), jnp.float32)
+        )
         return like + lam * cov, (like, cov)
 
     (loss, (like, cov)), (dense_grads, row_grads) = jax.value_and_grad(
@@ -384,7 +405,7 @@ class _Trainer:
         self.total_steps = config.train.num_epochs * self.steps_per_epoch
         self.eval_every = config.eval.every_steps or self.steps_per_epoch
         self.setup, self.state = create_train_state(
-            config, self.data.num_items, self.mesh, self.total_steps
+            config, self.data.num_items, self.mesh, self.total_steps, self.data.item_categories
         )
         train_dataset = pipeline.make_train_dataset(
             self.data, max_seq_len=n, batch_size=batch_size, seed=config.train.seed
@@ -396,17 +417,9 @@ class _Trainer:
         )
         self.progress = checkpointing.Progress()
         self._reported_nonfinite = 0
-        eval_kwargs = dict(
-            num_items=self.data.num_items,
-            mask_history=config.eval.mask_history, chunk_size=config.eval.item_chunk_size
+        self.eval_fn = _make_eval_fn(
+            config, functools.partial(encode, self.setup), self.mesh, self.data.num_items
         )
-        encode_fn = functools.partial(encode, self.setup)
-        if config.data.split == "held_out_users":
-            self.eval_fn = evaluate.make_top_fn(
-                encode_fn, self.mesh, k=max(config.eval.ks), **eval_kwargs
-            )
-        else:
-            self.eval_fn = evaluate.make_rank_fn(encode_fn, self.mesh, **eval_kwargs)
 
     def validate(self, params) -> dict[str, float]:
         return evaluate.evaluate(
@@ -546,28 +559,67 @@ class _Trainer:
         )
 
     def _final_results(self, params, start_time: float) -> dict[str, Any]:
-        cfg = self.config
-        kwargs = dict(batch_size=cfg.eval.batch_size, mesh=self.mesh, ks=cfg.eval.ks)
-        valid = evaluate.evaluate(self.eval_fn, params, self.valid_arrays, **kwargs)
-        test = evaluate.evaluate(self.eval_fn, params, self.test_arrays, **kwargs)
-        logging.info(
-            "test at best step %d: %s",
-            self.progress.best_step, " ".join(f"{k}={v:.4f}" for k, v in sorted(test.items())),
+        return _results(
+            self.config, self.data, self.eval_fn, params, self.valid_arrays, self.test_arrays,
+            self.mesh, self.progress.best_step, start_time,
         )
-        return {
-            "test": test,
-            "valid": valid,
-            "best_step": self.progress.best_step,
-            "config": cfg.to_dict(),
-            "data": {
-                "users": self.data.num_users,
-                "items": self.data.num_items,
-                "interactions": int(len(self.data.items)),
-            },
-            "environment": environment(),
-            "seed": cfg.train.seed,
-            "wall_seconds": time.time() - start_time,
-        }
+
+
+def _make_eval_fn(config: config_dict.ConfigDict, encode_fn, mesh, num_items: int):
+    """The jitted evaluation function of `config.data.split`'s protocol (`evaluate`)."""
+    kwargs = dict(
+        num_items=num_items, mask_history=config.eval.mask_history,
+        chunk_size=config.eval.item_chunk_size,
+    )
+    if config.data.split == "held_out_users":
+        return evaluate.make_top_fn(encode_fn, mesh, k=max(config.eval.ks), **kwargs)
+    return evaluate.make_rank_fn(encode_fn, mesh, **kwargs)
+
+
+def _results(
+    config, data, eval_fn, params, valid_arrays, test_arrays, mesh, best_step: int,
+    start_time: float,
+) -> dict[str, Any]:
+    """results.json: validation and test metrics of `params`, the config, data and versions."""
+    kwargs = dict(batch_size=config.eval.batch_size, mesh=mesh, ks=config.eval.ks)
+    valid = evaluate.evaluate(eval_fn, params, valid_arrays, **kwargs)
+    test = evaluate.evaluate(eval_fn, params, test_arrays, **kwargs)
+    logging.info(
+        "test at best step %d: %s",
+        best_step, " ".join(f"{k}={v:.4f}" for k, v in sorted(test.items())),
+    )
+    return {
+        "test": test,
+        "valid": valid,
+        "best_step": best_step,
+        "config": config.to_dict(),
+        "data": {
+            "users": data.num_users,
+            "items": data.num_items,
+            "interactions": int(len(data.items)),
+        },
+        "environment": environment(),
+        "seed": config.train.seed,
+        "wall_seconds": time.time() - start_time,
+    }
+
+
+def _popularity_results(config: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
+    """`model.name=pop`: every user gets the items by training count; nothing is trained."""
+    start_time = time.time()
+    config_checks.validate(config)
+    mesh = make_mesh(config)
+    cache_dir = config.data.cache_dir or os.path.join(workdir, "cache")
+    data = dataset_lib.load_dataset(config.data, cache_dir)
+    n = config.model.max_seq_len
+    counts = np.zeros(padded_table_rows(data.num_items, mesh.shape["model"]), np.float32)
+    counts[: data.num_items + 1] = data.item_counts
+    eval_fn = _make_eval_fn(config, evaluate.popularity_encode, mesh, data.num_items)
+    return _results(
+        config, data, eval_fn, jax.device_put(counts, NamedSharding(mesh, P())),
+        pipeline.eval_arrays(data, "valid", max_seq_len=n),
+        pipeline.eval_arrays(data, "test", max_seq_len=n), mesh, 0, start_time,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -603,6 +655,8 @@ def restore_best(config: config_dict.ConfigDict, workdir: str) -> TrainedModel:
 
 def evaluate_checkpoint(config: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
     """Validation and test metrics of the best checkpoint in WORKDIR (no training)."""
+    if config.model.name == "pop":
+        return _popularity_results(config, workdir)
     with _disk_errors(workdir):
         return _Trainer(config, workdir).evaluate_best()
 
@@ -611,16 +665,21 @@ def train_and_evaluate(
     config: config_dict.ConfigDict, workdir: str, *, allow_config_change: bool = False
 ) -> dict[str, Any]:
     """Trains (resuming from WORKDIR/checkpoints), tests at the best checkpoint, writes
-    WORKDIR/results.json and returns its contents.
+    WORKDIR/results.json and returns its contents. `model.name=pop` trains nothing: its
+    results are the popularity ranking's.
 
     Raises:
       SineError: a bad config or input, a rerun with a different config (unless
         `allow_config_change`), non-finite training, or an unwritable workdir.
     """
     with _disk_errors(workdir):
-        trainer = _Trainer(config, workdir)
-        run_config.check_or_record(config, workdir, allow_change=allow_config_change)
-        results = trainer.run()
+        if config.model.name == "pop":
+            os.makedirs(workdir, exist_ok=True)
+            results = _popularity_results(config, workdir)
+        else:
+            trainer = _Trainer(config, workdir)
+            run_config.check_or_record(config, workdir, allow_change=allow_config_change)
+            results = trainer.run()
         write_json_atomic(os.path.join(workdir, "results.json"), results)
     return results
 

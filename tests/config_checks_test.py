@@ -14,7 +14,7 @@ from sine_jax.errors import ConfigError, DataError
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("model.name", "bert4rec", "model.name='bert4rec' is not one of sine"),
+        ("model.name", "bert4rec", "model.name='bert4rec' is not one of pop, gru4rec"),
         ("data.on_bad_row", "ignore", "data.on_bad_row='ignore' is not one of error, skip"),
         ("model.max_seq_len", 0, "model.max_seq_len=0 must be >= 1"),
         ("train.learning_rate", 0.0, "train.learning_rate=0.0 must be > 0"),

@@ -211,6 +211,36 @@ def test_sharded_equals_unsharded_on_float_scores(data, model):
     np.testing.assert_array_equal(ranks["all"] - ranks["no twin"], 1)
 
 
+@pytest.mark.parametrize("data,model", [(1, 1), (4, 2)])
+def test_several_queries_per_user_rank_by_their_best_score(data, model):
+    """K queries per user (multi-interest retrieval): an item scores its best of the K, and the
+    top list equals merging the K per-query top lists by score."""
+    _, table, targets, exclude = _integer_problem(seed=3)
+    rng = np.random.default_rng(4)
+    queries = rng.integers(-2, 3, (BATCH, 3, DIM)).astype(np.float32)
+    queries[:, :, 0] = 3.0
+    scores = np.einsum("bkd,rd->bkr", queries, table).max(axis=1)  # [B, ROWS]
+    # A single query with the best-of-K scores is the numpy reference: table' = I, users' = scores.
+    want_ranks, want_top = _reference(scores, np.eye(ROWS, dtype=np.float32), targets, exclude)
+    merged = []
+    for b in range(BATCH):
+        candidates = {}
+        for k in range(3):
+            row = queries[b, k] @ table.T
+            row[0] = row[NUM_ITEMS + 1 :] = -np.inf
+            row[exclude[b]] = -np.inf
+            for item in np.argsort(-row, kind="stable")[:K]:
+                candidates[item] = max(candidates.get(item, -np.inf), row[item])
+        merged.append(sorted(candidates, key=lambda i: (-candidates[i], i))[:K])
+    np.testing.assert_array_equal(want_top, np.array(merged))
+    mesh = _mesh(data, model)
+    q, t, tg, e = _shard(mesh, queries, table, targets, exclude)
+    kwargs = {"num_items": NUM_ITEMS, "chunk_size": 24}
+    np.testing.assert_array_equal(_sharded_ranks(q, t, tg, e, mesh=mesh, **kwargs), want_ranks)
+    np.testing.assert_array_equal(_sharded_top(q, t, e, mesh=mesh, k=K, **kwargs), want_top)
+    np.testing.assert_array_equal(_ranks(queries, table, targets, exclude, **kwargs), want_ranks)
+
+
 def test_sharded_top_items_fewer_than_k_left():
     table = np.zeros((8, 1), np.float32)
     table[1:4, 0] = [0.5, 0.9, 0.5]  # items 1..3; rows 4..7 pad rows

@@ -737,14 +737,14 @@ def test_build_model_uses_config():
         ({"max_seq_len": 0}, "model.max_seq_len=0 must be an integer >= 1"),
         ({"embed_dim": 0}, "model.embed_dim=0 must be an integer >= 1"),
         ({"num_prototypes": 0}, "model.num_prototypes=0 must be an integer >= 1"),
-        ({"name": "mind"}, "model.name='mind' must be one of ('sine',)"),
+        ({"name": "mind"}, "model.name='mind' must be one of ('sine', 'sine_cate', 'sine_label')"),
         ({"preset": "tf"}, "model.preset='tf' must be one of ('paper', 'official')"),
         ({"assignment": "dot"}, "model.assignment='dot' must be one of ('layernorm', 'cosine')"),
         ({"interest_attention": "x"}, "model.interest_attention='x' must be one of"),
         ({"aggregation_attention": "x"}, "model.aggregation_attention='x' must be one of"),
         (
             {"aggregation": "x"},
-            "model.aggregation='x' must be one of ('temperature', 'dense_concat')",
+            "model.aggregation='x' must be one of ('temperature', 'dense_concat', 'label_aware')",
         ),
         ({"attention_hidden": -1}, "model.attention_hidden=-1 must be an integer >= 0"),
         ({"interest_layernorm": "yes"}, "model.interest_layernorm='yes' must be True or False"),
@@ -756,3 +756,76 @@ def test_build_model_rejects_bad_config(overrides, message):
         model_lib.build_model(_model_config(**overrides), num_items=M, rngs=nnx.Rngs(0))
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The ablations of Table 6: SINE-cate and SINE-label.
+
+
+def test_category_prototypes_are_the_category_means():
+    rng = np.random.default_rng(7)
+    table = rng.normal(size=(M + 3, D)).astype(np.float32)
+    categories = rng.integers(-1, 4, M + 3).astype(np.int32)
+    categories[3] = 4  # category 4 has one item; category 5 has none
+    got = np.asarray(model_lib.category_prototypes(jnp.asarray(table), jnp.asarray(categories), 6))
+    for c in range(6):
+        rows = table[categories == c]
+        want = rows.mean(axis=0) if len(rows) else np.zeros(D)
+        np.testing.assert_allclose(got[c], want, **TOL)
+
+
+def test_sine_cate_pool_is_made_of_categories():
+    categories = np.arange(M + 1, dtype=np.int32) % 5
+    categories[0] = -1
+    module = model_lib.build_model(
+        _model_config(name="sine_cate"), num_items=M, rngs=nnx.Rngs(0), table_rows=M + 4,
+        item_categories=categories,
+    )
+    assert module.prototypes is None and module.num_prototypes == 5
+    np.testing.assert_array_equal(module.item_category[...][: M + 1], categories)
+    np.testing.assert_array_equal(module.item_category[...][M + 1 :], -1)  # pad rows: none
+    encoding = _encode(module, _history(np.random.default_rng(0)))
+    assert encoding.user_vector.shape == (B, D)
+    assert np.all(np.asarray(encoding.prototype_ids) < 5)
+    # The pool follows the item table: moving one category's items moves its prototype.
+    table = module.item_embedding[...]
+    before = model_lib.category_prototypes(table, module.item_category[...], 5)
+    moved = table + jnp.where((module.item_category[...] == 2)[:, None], 1.0, 0.0)
+    after = model_lib.category_prototypes(moved, module.item_category[...], 5)
+    np.testing.assert_allclose(after[2] - before[2], np.ones(D), **TOL)
+    np.testing.assert_allclose(np.delete(after - before, 2, axis=0), 0.0, **TOL)
+
+
+@pytest.mark.parametrize(
+    "categories, message",
+    [
+        (None, "model.name='sine_cate' needs item categories"),
+        (np.full(M + 1, -1, np.int32), "model.name='sine_cate' needs item categories"),
+        (np.r_[-1, np.zeros(M, np.int32)], "model.num_interests=2 must be <= the 1 item categories"),
+    ],
+)
+def test_sine_cate_without_enough_categories_is_refused(categories, message):
+    with pytest.raises(ConfigError, match=message):
+        model_lib.build_model(
+            _model_config(name="sine_cate"), num_items=M, rngs=nnx.Rngs(0),
+            item_categories=categories,
+        )
+
+
+def test_sine_label_returns_the_interests_and_has_no_aggregation_weights():
+    module = model_lib.build_model(_model_config(name="sine_label"), M, nnx.Rngs(0))
+    assert module.norm4 is None and module.aggregation_w4 is None
+    sine = model_lib.build_model(_model_config(), M, nnx.Rngs(0))
+    history = jnp.asarray(_history(np.random.default_rng(1)))
+    query = module.encode(history)
+    assert query.shape == (B, K, D)
+    # Eqs 1-5 are SINE's: with the same weights the interests are the same.
+    np.testing.assert_allclose(query, sine(history).interests, **TOL)
+    assert sine.encode(history).shape == (B, D)
+
+
+def test_a_variant_name_conflicting_with_a_switch_is_refused():
+    with pytest.raises(ConfigError, match="model.name='sine_label' sets model.aggregation="):
+        model_lib.build_model(
+            _model_config(name="sine_label", aggregation="temperature"), M, nnx.Rngs(0)
+        )
