@@ -1,0 +1,242 @@
+"""Prototype quality of one trained SINE run: do its concept prototypes follow item categories?
+
+  python launch/prototypes.py --config=configs/movielens.py --workdir=runs/ml1m \
+      --set=data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat
+  python launch/prototypes.py --config=configs/movielens.py \
+      --workdir=runs/table1_ml1m/name-sine_seed-1 --set=train.seed=1 --set=model.name=sine \
+      --set=data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat \
+      --set=data.cache_dir=runs/table1_ml1m/cache
+  python launch/prototypes.py --config=configs/synthetic.py --workdir=runs/synthetic \
+      --num_concepts=6 --neighbours=10
+
+--config and --set must give the run's config (as given to sine_jax.main or sweep.py; a
+difference from RUN_DIR/config.json is an error naming the --set that fixes it). Loads the
+best checkpoint, assigns every real item to its nearest prototype by cosine, and reports
+
+  * NMI (arithmetic) between that assignment and the items' categories (MovieLens: the first
+    genre; items without a category left out and counted), with the chance level: the mean
+    NMI of 10 random permutations of the assignment (same cluster sizes);
+  * how many prototypes are some item's nearest;
+  * the --num_concepts prototypes nearest to the most items, each with its --neighbours
+    nearest items by cosine (titles, else raw ids) and their categories.
+
+Writes RUN_DIR/prototypes.json, RUN_DIR/concepts.md and RUN_DIR/concepts.png (one column per
+concept). Exit code 2, with one line on stderr, for a bad argument, a model without
+prototypes (a baseline), data without item categories or a run without a checkpoint.
+"""
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from launch import paper_table, sweep  # noqa: E402
+from sine_jax.errors import SineError  # noqa: E402
+
+CHANCE_PERMUTATIONS = 10
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def nearest_prototypes(items: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """[M] int: for each item row of items [M, D], the prototype of prototypes [L, D] with the
+    largest cosine (the lowest index on ties)."""
+    return np.argmax(_unit_rows(items) @ _unit_rows(prototypes).T, axis=1)
+
+
+def category_nmi(assign: np.ndarray, categories: np.ndarray, *,
+                 permutations: int = CHANCE_PERMUTATIONS, seed: int = 0) -> dict:
+    """NMI between assign [M] (cluster ids) and categories [M] (-1 = unknown, left out).
+
+    Returns {"nmi", "chance_nmi" (mean over `permutations` random permutations of the
+    assignment), "chance_nmi_std", "items_scored", "items_without_category"}.
+    """
+    from sklearn.metrics import normalized_mutual_info_score
+
+    known = np.asarray(categories) >= 0
+    truth, assign = np.asarray(categories)[known], np.asarray(assign)[known]
+    rng = np.random.default_rng(seed)
+    chance = [normalized_mutual_info_score(truth, rng.permutation(assign),
+                                           average_method="arithmetic")
+              for _ in range(permutations)]
+    return {"nmi": float(normalized_mutual_info_score(truth, assign,
+                                                      average_method="arithmetic")),
+            "chance_nmi": float(np.mean(chance)), "chance_nmi_std": float(np.std(chance)),
+            "items_scored": int(known.sum()), "items_without_category": int((~known).sum())}
+
+
+def concept_neighbours(items: np.ndarray, prototypes: np.ndarray, assign: np.ndarray,
+                       num_concepts: int, neighbours: int) -> list[dict]:
+    """The `num_concepts` prototypes nearest to the most items (assign [M] from
+    `nearest_prototypes`; ties: lower index first), each with its `neighbours` nearest items
+    of items [M, D] by cosine.
+
+    Returns [{"prototype": l, "nearest_to": items whose nearest it is, "items": [{"item": id,
+    "cosine": c}, ...]}]; item ids are 1-based (row i of `items` is item i + 1).
+    """
+    counts = np.bincount(assign, minlength=len(prototypes))
+    chosen = np.argsort(-counts, kind="stable")[:num_concepts]
+    cosines = _unit_rows(prototypes[chosen]) @ _unit_rows(items).T  # [C, M]
+    concepts = []
+    for row, prototype in zip(cosines, chosen):
+        top = np.argsort(-row, kind="stable")[:neighbours]
+        concepts.append({"prototype": int(prototype), "nearest_to": int(counts[prototype]),
+                         "items": [{"item": int(i) + 1, "cosine": float(row[i])} for i in top]})
+    return concepts
+
+
+# ---------------------------------------------------------------------------------------------
+# The run: config check, loading, labels, outputs.
+
+
+def check_run_config(config, workdir: str) -> None:
+    """SweepError when CONFIG differs from the one RUN_DIR ran with (its config.json, else the
+    config in its results.json)."""
+    from sine_jax import run_config
+
+    path = os.path.join(workdir, run_config.CONFIG_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            recorded = json.load(f)
+    elif os.path.isfile(path := os.path.join(workdir, "results.json")):
+        with open(path) as f:
+            recorded = json.load(f)["config"]
+    else:
+        return
+    fields = run_config.differing_fields(recorded, json.loads(config.to_json()))
+    if fields:
+        old = run_config.flatten(recorded)
+        fixes = " ".join(f"--set={name}={old.get(name)}" for name in fields[:3])
+        more = f" and {len(fields) - 3} more" if len(fields) > 3 else ""
+        raise sweep.SweepError(f"the config differs from {path} in {', '.join(fields[:3])}"
+                               f"{more}: give the run's --set overrides, e.g. {fixes}")
+
+
+def item_label(data, item: int) -> dict:
+    """{"item", "name" (title, else "id RAW"), "category"} of remapped item id `item`."""
+    title = data.item_titles[item] if data.item_titles is not None else ""
+    category = int(data.item_categories[item])
+    return {"item": item, "name": title or f"id {data.item_raw_ids[item]}",
+            "category": data.category_names[category] if category >= 0 else "unknown"}
+
+
+def concepts_markdown(report: dict) -> str:
+    nmi = report["nmi"]
+    lines = [f"# Concepts of {report['workdir']} (best step {report['best_step']})", "",
+             (f"NMI between each item's nearest prototype (cosine) and its category: "
+              f"{nmi['nmi']:.4f} (chance {nmi['chance_nmi']:.4f}, the mean of "
+              f"{CHANCE_PERMUTATIONS} permutations of the assignment); {nmi['items_scored']} "
+              f"items scored, {nmi['items_without_category']} without a category; "
+              f"{report['prototypes_used']} of {report['num_prototypes']} prototypes are some "
+              "item's nearest."), ""]
+    for concept in report["concepts"]:
+        lines += [f"## Prototype {concept['prototype']} (nearest to {concept['nearest_to']} items)",
+                  ""]
+        lines += [f"{rank}. {item['name']} — {item['category']} (cos {item['cosine']:.3f})"
+                  for rank, item in enumerate(concept["items"], 1)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_concepts(report: dict, path: str) -> None:
+    """Writes PATH (PNG): one column per concept, listing its nearest items and categories."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    concepts = report["concepts"]
+    rows = max(len(c["items"]) for c in concepts)
+    figure, axes = plt.subplots(1, len(concepts), squeeze=False,
+                                figsize=(3.4 * len(concepts), 0.55 * rows + 1.2))
+    for ax, concept in zip(axes[0], concepts):
+        ax.axis("off")
+        ax.set_title(f"prototype {concept['prototype']}\n(nearest to {concept['nearest_to']} "
+                     "items)", fontsize=10)
+        for rank, item in enumerate(concept["items"]):
+            name = textwrap.shorten(item["name"], 34, placeholder="…")
+            category = textwrap.shorten(item["category"], 34, placeholder="…")
+            ax.text(0, 1 - rank / rows, f"{name}\n  {category}", va="top", fontsize=8,
+                    transform=ax.transAxes)
+    figure.suptitle(f"NMI {report['nmi']['nmi']:.3f} (chance {report['nmi']['chance_nmi']:.3f})",
+                    fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def analyse(config, workdir: str, num_concepts: int, neighbours: int) -> dict:
+    """The report of RUN_DIR's best checkpoint (what prototypes.json holds)."""
+    from sine_jax import models, train
+
+    name = config.model.name
+    if name not in models.ENCODERS:
+        raise SineError(f"model.name={name} has no prototypes (nothing is trained)")
+    trained = train.restore_best(config, workdir)
+    if "prototypes" not in trained.params:
+        raise SineError(f"model.name={name} has no prototypes; give a SINE run")
+    data = trained.data
+    if data.item_categories is None or not (data.item_categories[1:] >= 0).any():
+        raise SineError(f"{config.data.format} data {config.data.path or '(built in)'} has no "
+                        "item categories to compare the prototypes with")
+    m = data.num_items
+    items = np.asarray(trained.params["item_embedding"][...])[1:m + 1]
+    prototypes = np.asarray(trained.params["prototypes"][...])
+    assign = nearest_prototypes(items, prototypes)
+    concepts = concept_neighbours(items, prototypes, assign, num_concepts, neighbours)
+    for concept in concepts:
+        concept["items"] = [{**item_label(data, item["item"]), "cosine": item["cosine"]}
+                            for item in concept["items"]]
+    return {"workdir": workdir, "model": name, "best_step": trained.best_step,
+            "num_items": m, "num_prototypes": len(prototypes),
+            "prototypes_used": len(np.unique(assign)),
+            "nmi": category_nmi(assign, data.item_categories[1:m + 1]),
+            "concepts": concepts}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="the run's config file[:arg]")
+    parser.add_argument("--workdir", required=True, help="the trained run's directory")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="the run's config overrides (repeatable)")
+    parser.add_argument("--num_concepts", type=int, default=4, help="concepts to list")
+    parser.add_argument("--neighbours", type=int, default=8, help="items listed per concept")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        for flag in ("num_concepts", "neighbours"):
+            if getattr(args, flag) < 1:
+                raise sweep.SweepError(f"--{flag}={getattr(args, flag)} must be >= 1")
+        if not os.path.isdir(args.workdir):
+            raise sweep.SweepError(f"--workdir={args.workdir}: no such directory")
+        config = paper_table.load_config(args.config, args.set)
+        check_run_config(config, args.workdir)
+        report = analyse(config, args.workdir, args.num_concepts, args.neighbours)
+    except (sweep.SweepError, SineError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    sweep.write_json_atomic(os.path.join(args.workdir, "prototypes.json"), report)
+    with open(os.path.join(args.workdir, "concepts.md"), "w") as f:
+        f.write(concepts_markdown(report))
+    plot_concepts(report, os.path.join(args.workdir, "concepts.png"))
+    nmi = report["nmi"]
+    print(f"NMI {nmi['nmi']:.4f} (chance {nmi['chance_nmi']:.4f}); {report['prototypes_used']}/"
+          f"{report['num_prototypes']} prototypes used; concepts in "
+          f"{os.path.join(args.workdir, 'concepts.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""launch/paper_table.py, launch/sensitivity.py and launch/prototypes.py: tables and heatmap from
+fake results, the prototype math against brute force, and one real prototypes report."""
+
+import argparse
+import json
+import os
+
+import numpy as np
+import pytest
+
+from launch import paper_table, prototypes, sensitivity, sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "synthetic.py")
+METRICS = [f"{name}@{k}" for name in ("HR", "NDCG") for k in (10, 50, 100)]
+
+
+def fake_results(overrides: dict[str, str], offset: float) -> dict:
+    """A results.json dict whose metrics depend on the job's overrides and seed."""
+    seed = int(overrides["train.seed"])
+    test = {m: offset + 0.01 * i + 0.013 * seed**2 for i, m in enumerate(METRICS)}
+    return {"test": test, "valid": {m: v + 0.02 for m, v in test.items()}, "best_step": 100,
+            "config": {}, "seed": seed, "wall_seconds": 60.0 + 30 * seed}
+
+
+def write_results(job: sweep.Job, results: dict) -> None:
+    os.makedirs(job.workdir, exist_ok=True)
+    with open(sweep.results_path(job), "w") as f:
+        json.dump(results, f)
+
+
+@pytest.fixture
+def table_dir(tmp_path):
+    """A finished table sweep of gru4rec and sine x seeds 0-2 where gru4rec seed 2 failed."""
+    jobs = sweep.plan(argparse.Namespace(config=CONFIG, workdir=str(tmp_path), seeds="0,1,2",
+                                         set=[], grid=["model.name=sine,gru4rec"]))
+    entries = []
+    for job in jobs:
+        if job.name == "name-gru4rec_seed-2":
+            entries.append({"name": job.name, "status": "failed", "returncode": 1,
+                            "error": "error: out of memory"})
+        else:
+            offset = 0.2 if job.overrides["model.name"] == "sine" else 0.1
+            write_results(job, fake_results(job.overrides, offset))
+    sweep.write_json_atomic(os.path.join(tmp_path, "sweep.json"), {"jobs": entries})
+    return jobs, tmp_path
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) Table 1.
+
+
+def test_aggregate_means_and_stds_match_numpy_and_keep_the_failed_run(table_dir):
+    jobs, workdir = table_dir
+    runs = paper_table.collect_runs(jobs, str(workdir))
+    rows = paper_table.aggregate(runs)
+    assert [row["model"] for row in rows] == ["gru4rec", "sine"]  # the paper's order
+    gru4rec, sine = rows
+    for row, seeds, offset in ((sine, (0, 1, 2), 0.2), (gru4rec, (0, 1), 0.1)):
+        for metric in METRICS:
+            values = [fake_results({"train.seed": str(s)}, offset)["test"][metric] for s in seeds]
+            stats = row["test"][metric]
+            assert stats["n"] == len(seeds)
+            assert stats["mean"] == pytest.approx(np.mean(values))
+            assert stats["std"] == pytest.approx(np.std(values, ddof=1))
+        assert row["wall_seconds"] == pytest.approx(np.mean([60.0 + 30 * s for s in seeds]))
+    assert sine["done"] == 3 and sine["not_done"] == []
+    assert gru4rec["done"] == 2 and gru4rec["seeds"] == [0, 1, 2]
+    assert gru4rec["not_done"] == [{"seed": 2, "status": "failed",
+                                    "error": "exit 1: error: out of memory"}]
+
+
+def test_markdown_columns_cells_failed_runs_and_paper_block(table_dir):
+    jobs, workdir = table_dir
+    rows = paper_table.aggregate(paper_table.collect_runs(jobs, str(workdir)))
+    config = paper_table.load_config(CONFIG, [])
+    ks, metrics, paper = paper_table.table_layout(config)
+    assert (ks, metrics, paper) == ((10, 50), ("HR", "NDCG"), None)
+    text = paper_table.markdown_table(rows, ks, metrics, paper)
+    assert text.splitlines()[0] == ("| model | HR@10 | NDCG@10 | HR@50 | NDCG@50 | seeds | "
+                                    "mean wall time |")
+    values = [fake_results({"train.seed": str(s)}, 0.2)["test"]["NDCG@50"] for s in (0, 1, 2)]
+    cell = f"{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f}"
+    sine_line = next(line for line in text.splitlines() if line.startswith("| SINE |"))
+    assert sine_line.split(" | ")[4] == cell and sine_line.endswith("| 3/3 | 90 s |")
+    gru_line = next(line for line in text.splitlines() if line.startswith("| GRU4Rec |"))
+    assert "| 2/3 |" in gru_line
+    assert "- GRU4Rec, seed 2: failed (exit 1: error: out of memory)" in text
+    assert paper_table.PAPER_TITLE not in text
+
+    other = paper_table.load_config(CONFIG, ["data.format=taobao"])
+    ks, metrics, paper = paper_table.table_layout(other)
+    assert ks == (50, 100) and paper is None
+    assert paper_table.markdown_table(rows, ks, metrics, paper).splitlines()[0].startswith(
+        "| model | HR@50 | NDCG@50 | HR@100 | NDCG@100 |")
+    held_out = paper_table.load_config(CONFIG, ["data.split=held_out_users"])
+    assert paper_table.table_layout(held_out)[1] == ("Recall", "NDCG", "HitRate")
+
+    movielens = paper_table.load_config(CONFIG, ["data.format=movielens"])
+    ks, metrics, paper = paper_table.table_layout(movielens)
+    text = paper_table.markdown_table(rows, ks, metrics, paper)
+    assert ks == (10, 50) and f"| **{paper_table.PAPER_TITLE}** |" in text
+    assert "| SINE | 16.34 | 7.06 | 45.79 | 13.50 | | |" in text
+    assert "| SASRec | 17.34 | 7.84 | 46.01 | 13.53 | | |" in text
+
+
+def test_collect_only_writes_the_table_with_failed_and_missing_runs(table_dir, capsys):
+    _, workdir = table_dir
+    argv = [f"--config={CONFIG}", f"--workdir={workdir}", "--seeds=0,1,2", "--collect_only",
+            "--models=sine,gru4rec,sasrec", "--set=eval.mask_history=False"]
+    assert paper_table.main(argv) == 1  # a run failed
+    assert "5/9 runs finished" in capsys.readouterr().out
+    text = (workdir / "table.md").read_text()
+    assert f"- config: `{CONFIG}`; overrides: `eval.mask_history=False`" in text
+    assert "ranked with the other items (eval.mask_history=False)" in text
+    assert "- seeds: 0, 1, 2" in text
+    assert "| SASRec | missing | missing | missing | missing | 0/3 | — |" in text
+    assert "- SASRec, seed 0: missing" in text
+    table = json.loads((workdir / "table.json").read_text())
+    assert [row["model"] for row in table["rows"]] == ["gru4rec", "sasrec", "sine"]
+    statuses = [(run["name"], run["status"]) for run in table["runs"]]
+    assert ("name-gru4rec_seed-2", "failed") in statuses and len(statuses) == 9
+    done = next(run for run in table["runs"] if run["name"] == "name-sine_seed-1")
+    assert done["test"] == fake_results({"train.seed": "1"}, 0.2)["test"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models=sine,bert4rec"], "--models='sine,bert4rec': expected distinct names"),
+    (["--ks=20"], "column cut-off 20 is not among the runs' eval.ks (10, 50, 100)"),
+    (["--set=model.name=sine"], "model.name is given more than once"),
+    (["--set=eval.mask_history=maybe"], "flag --config.eval.mask_history=maybe"),
+])
+def test_table_bad_arguments_are_one_line_errors(tmp_path, capsys, argv, message):
+    code = paper_table.main([f"--config={CONFIG}", f"--workdir={tmp_path}/t", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err
+    assert not os.path.exists(tmp_path / "t")
+
+
+def test_model_order_is_the_registry():
+    from sine_jax import models
+
+    assert set(paper_table.MODEL_ORDER) == set(models.MODEL_NAMES)
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) Figure 4.
+
+
+def test_sensitivity_skips_k_above_l_and_writes_the_heatmap(tmp_path, capsys):
+    jobs = sensitivity.plan(CONFIG, str(tmp_path), (2, 4, 8), (4, 10), "0,1", [])
+    cells_run = {(job.overrides[sensitivity.K_FIELD], job.overrides[sensitivity.L_FIELD])
+                 for job in jobs}
+    assert cells_run == {("2", "4"), ("2", "10"), ("4", "4"), ("4", "10"), ("8", "10")}
+    assert len(jobs) == 10 and jobs[0].name == "num_interests-2_num_prototypes-4_seed-0"
+    for job in jobs:
+        if job.name != "num_interests-4_num_prototypes-10_seed-1":  # left missing
+            k, num_prototypes = (int(job.overrides[f]) for f in (sensitivity.K_FIELD,
+                                                                 sensitivity.L_FIELD))
+            write_results(job, fake_results(job.overrides, 0.1 * k + 0.001 * num_prototypes))
+
+    cells = sensitivity.aggregate(paper_table.collect_runs(jobs, str(tmp_path)), (2, 4, 8),
+                                  (4, 10))
+    assert [(c["K"], c["L"], c["skipped"]) for c in cells] == [
+        (2, 4, False), (2, 10, False), (4, 4, False), (4, 10, False), (8, 4, True),
+        (8, 10, False)]
+    values = [fake_results({"train.seed": str(s)}, 0.2 + 0.004)["test"]["HR@50"] for s in (0, 1)]
+    assert cells[0]["test"]["HR@50"]["mean"] == pytest.approx(np.mean(values))
+    assert cells[0]["test"]["HR@50"]["std"] == pytest.approx(np.std(values, ddof=1))
+    assert cells[3]["done"] == 1 and cells[3]["test"]["HR@50"]["std"] is None
+
+    argv = [f"--config={CONFIG}", f"--workdir={tmp_path}", "--ks_interests=2,4,8",
+            "--prototypes=4,10", "--seeds=0,1", "--collect_only"]
+    assert sensitivity.main(argv) == 0
+    with open(tmp_path / "heatmap.png", "rb") as f:
+        png = f.read()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+    text = (tmp_path / "sensitivity.md").read_text()
+    assert "## test HR@50 (%)" in text and "## test NDCG@50 (%)" in text
+    assert "| 8 | — (K > L) |" in text
+    assert "- K=4, L=10, seed 1: missing" in text
+    summary = json.loads((tmp_path / "sensitivity.json").read_text())
+    assert len(summary["runs"]) == 10 and summary["metrics"] == ["HR@50", "NDCG@50"]
+    assert sensitivity.main([*argv, "--metric=Recall@50"]) == 2
+    assert "metric 'Recall@50'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) Prototype math.
+
+
+def test_nearest_prototypes_matches_a_brute_force_loop():
+    rng = np.random.default_rng(0)
+    items, protos = rng.normal(size=(300, 8)), rng.normal(size=(12, 8)) * rng.uniform(
+        0.1, 10, size=(12, 1))  # cosine, not dot product: scales must not matter
+    expected = []
+    for item in items:
+        cosines = [item @ p / np.linalg.norm(item) / np.linalg.norm(p) for p in protos]
+        expected.append(int(np.argmax(cosines)))
+    np.testing.assert_array_equal(prototypes.nearest_prototypes(items, protos), expected)
+
+
+def test_category_nmi_perfect_constant_and_chance():
+    rng = np.random.default_rng(0)
+    categories = rng.integers(0, 10, size=2000)
+    perfect = prototypes.category_nmi((categories + 3) % 10, categories)
+    assert perfect["nmi"] == pytest.approx(1.0) and perfect["chance_nmi"] < 0.02
+    assert prototypes.category_nmi(np.zeros(2000, int), categories)["nmi"] == pytest.approx(0)
+    random = prototypes.category_nmi(rng.integers(0, 10, size=2000), categories)
+    assert random["nmi"] < 0.02 and random["chance_nmi"] < 0.02
+    categories[:7] = -1
+    counted = prototypes.category_nmi(categories, categories)
+    assert counted["items_without_category"] == 7 and counted["items_scored"] == 1993
+    assert counted["nmi"] == pytest.approx(1.0)
+
+
+def test_concept_neighbours_are_the_most_used_prototypes_and_their_nearest_items():
+    rng = np.random.default_rng(1)
+    items, protos = rng.normal(size=(50, 4)), rng.normal(size=(6, 4))
+    assign = prototypes.nearest_prototypes(items, protos)
+    concepts = prototypes.concept_neighbours(items, protos, assign, num_concepts=2, neighbours=3)
+    counts = np.bincount(assign, minlength=6)
+    assert [c["nearest_to"] for c in concepts] == sorted(counts, reverse=True)[:2]
+    for concept in concepts:
+        p = protos[concept["prototype"]]
+        cosines = items @ p / np.linalg.norm(items, axis=1) / np.linalg.norm(p)
+        assert [i["item"] for i in concept["items"]] == list(np.argsort(-cosines)[:3] + 1)
+        assert [i["cosine"] for i in concept["items"]] == pytest.approx(np.sort(cosines)[::-1][:3])
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) A real report of a tiny trained run.
+
+TINY_SETS = ["data.synthetic.num_users=100", "data.synthetic.num_items=200",
+             "data.synthetic.num_categories=10", "model.embed_dim=16", "model.num_prototypes=10",
+             "model.max_seq_len=10", "train.batch_size=128", "train.num_epochs=1",
+             "eval.every_steps=0", "checkpoint.every_steps=1000", "mesh.data=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from sine_jax import train
+
+    workdir = str(tmp_path_factory.mktemp("tiny_sine"))
+    train.train_and_evaluate(paper_table.load_config(CONFIG, TINY_SETS), workdir)
+    return workdir
+
+
+def test_prototypes_report_of_a_trained_run(tiny_run, capsys):
+    argv = [f"--config={CONFIG}", f"--workdir={tiny_run}", *(f"--set={s}" for s in TINY_SETS),
+            "--num_concepts=3", "--neighbours=5"]
+    assert prototypes.main(argv) == 0, capsys.readouterr().err
+    with open(os.path.join(tiny_run, "prototypes.json")) as f:
+        report = json.load(f)
+    assert report["model"] == "sine" and report["num_items"] == 200
+    assert report["num_prototypes"] == 10 and 1 <= report["prototypes_used"] <= 10
+    nmi = report["nmi"]
+    assert 0 <= nmi["nmi"] <= 1 and 0 <= nmi["chance_nmi"] <= 1
+    assert nmi["items_scored"] == 200 and nmi["items_without_category"] == 0
+    assert len(report["concepts"]) == 3
+    with open(os.path.join(tiny_run, "concepts.md")) as f:
+        text = f.read()
+    for concept in report["concepts"]:
+        assert len(concept["items"]) == 5
+        assert f"## Prototype {concept['prototype']} (nearest to {concept['nearest_to']}" in text
+        for item in concept["items"]:
+            assert item["name"].endswith(f"({item['category']})")  # "item 7 (cat 3)", "cat 3"
+            assert f"{item['name']} — {item['category']}" in text
+    assert os.path.getsize(os.path.join(tiny_run, "concepts.png")) > 5000
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--set=model.num_prototypes=12"], "e.g. --set=model.num_prototypes=10"),
+    (["--neighbours=0"], "--neighbours=0 must be >= 1"),
+])
+def test_prototypes_bad_arguments_are_one_line_errors(tiny_run, capsys, extra, message):
+    argv = [f"--config={CONFIG}", f"--workdir={tiny_run}", *(f"--set={s}" for s in TINY_SETS)]
+    assert prototypes.main([*argv, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+
+
+def test_prototypes_refuses_a_model_without_prototypes(tmp_path, capsys):
+    argv = [f"--config={CONFIG}", f"--workdir={tmp_path}", "--set=model.name=pop"]
+    assert prototypes.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.name=pop has no prototypes" in err, err
