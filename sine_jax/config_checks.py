@@ -5,6 +5,7 @@ from ml_collections import config_dict
 
 from sine_jax.errors import ConfigError
 from sine_jax.models import MODEL_NAMES
+
 LOSS_NAMES = ("sampled_softmax", "full_softmax")
 LR_DECAYS = ("constant", "cosine")
 ON_BAD_ROW = ("error", "skip")

@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from sine_jax.errors import ConfigError
-from sine_jax.models import Constant
+from sine_jax.models import Constant, require_int
 
 Norm = Callable[[jax.Array], jax.Array]
 
@@ -745,9 +745,6 @@ class SINE(nnx.Module):
         return encoding.interests if encoding.user_vector is None else encoding.user_vector
 
 
-def _check_int(field: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"model.{field}={value!r} must be an integer >= {minimum}")
 
 
 SINE_NAMES = ("sine", *VARIANTS)
@@ -783,7 +780,7 @@ def build_model(
     if name not in SINE_NAMES:
         raise ConfigError(f"model.name={name!r} must be one of {SINE_NAMES}")
     for field in ("embed_dim", "num_interests", "num_prototypes", "max_seq_len"):
-        _check_int(field, model_config.get(field), 1)
+        require_int(field, model_config.get(field), 1)
     options = resolve_switches(model_config)
     k, num_prototypes = model_config.get("num_interests"), model_config.get("num_prototypes")
     if options.prototype_pool == "categories":

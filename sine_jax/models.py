@@ -41,6 +41,13 @@ class Constant(nnx.Variable):
     never trained nor checkpointed; rebuilt from the config, the seed and the data."""
 
 
+def require_int(field: str, value, minimum: int) -> int:
+    """`value` if it is an integer >= minimum, else ConfigError naming model.<field>."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"model.{field}={value!r} must be an integer >= {minimum}")
+    return value
+
+
 def label_aware_readout(interests: jax.Array, target_rows: jax.Array) -> jax.Array:
     """MIND's label-aware attention with p -> infinity (as ComiRec's public code): each example
     is scored by the interest whose dot product with its target embedding is largest.
@@ -84,9 +91,7 @@ def build_model(
             model_config, num_items, rngs, table_rows=table_rows, item_categories=item_categories
         )
     for field in ("embed_dim", "max_seq_len", "num_interests"):
-        value = model_config.get(field)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"model.{field}={value!r} must be an integer >= 1")
+        require_int(field, model_config.get(field), 1)
     table_rows = num_items + 1 if table_rows is None else table_rows
     module, cls = ENCODERS[name]
     encoder = getattr(importlib.import_module(module), cls)

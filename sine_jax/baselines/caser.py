@@ -1,7 +1,7 @@
 """Caser (Tang & Wang, WSDM 2018): convolutions over the history's embedding matrix.
 
-Shape legend: B batch, n history length (the convolutions see the last L <= n), D embedding dim, F_h horizontal filters per height,
-F_v vertical filters, M items. Histories are left-padded with the padding id 0 (most recent
+Shape legend: B batch, n history length (the convolutions see the last L <= n), D embedding
+dim, F_h horizontal filters per height, F_v vertical filters, M items. Histories are left-padded with the padding id 0 (most recent
 item at n - 1); `mask` is `history > 0` [B, n].
 
 The n x D matrix of the last n item embeddings is an image:
@@ -33,6 +33,7 @@ from flax import nnx
 
 from sine_jax.errors import ConfigError
 from sine_jax.model import init_item_table
+from sine_jax.models import require_int
 
 # ---------------------------------------------------------------------------------------------
 # Pure functions.
@@ -123,9 +124,6 @@ def caser_query(
 # Module.
 
 
-def _check_int(field: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"model.{field}={value!r} must be an integer >= {minimum}")
 
 
 def _horizontal_kernel(key: jax.Array, n: int, d: int, filters: int) -> jax.Array:
@@ -149,13 +147,13 @@ class Caser(nnx.Module):
 
     def __init__(self, *, num_items: int, table_rows: int, model_config, rngs: nnx.Rngs):
         d, max_seq_len = model_config.embed_dim, model_config.max_seq_len
-        _check_int("embed_dim", d, 1)
-        _check_int("max_seq_len", max_seq_len, 1)
+        require_int("embed_dim", d, 1)
+        require_int("max_seq_len", max_seq_len, 1)
         f_h, f_v = model_config.caser.num_horizontal, model_config.caser.num_vertical
-        _check_int("caser.num_horizontal", f_h, 1)
-        _check_int("caser.num_vertical", f_v, 1)
+        require_int("caser.num_horizontal", f_h, 1)
+        require_int("caser.num_vertical", f_v, 1)
         n = model_config.caser.markov_order
-        _check_int("caser.markov_order", n, 1)
+        require_int("caser.markov_order", n, 1)
         if n > max_seq_len:
             raise ConfigError(
                 f"model.caser.markov_order={n} must be <= model.max_seq_len={max_seq_len}"

@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sine_jax.errors import ConfigError
 from sine_jax.model import init_item_table, masked_softmax, project_items
+from sine_jax.models import require_int
 
 # ---------------------------------------------------------------------------------------------
 # Pure functions.
@@ -84,10 +84,6 @@ def _init_values(
     }
 
 
-def _require_int(field: str, value, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"model.{field}={value!r} must be an integer >= {minimum}")
-    return value
 
 
 class ComiRecSA(nnx.Module):
@@ -98,12 +94,12 @@ class ComiRecSA(nnx.Module):
     """
 
     def __init__(self, *, num_items: int, table_rows: int, model_config, rngs: nnx.Rngs):
-        d = _require_int("embed_dim", model_config.get("embed_dim"), 1)
-        k = _require_int("num_interests", model_config.get("num_interests"), 1)
-        n = _require_int("max_seq_len", model_config.get("max_seq_len"), 1)
+        d = require_int("embed_dim", model_config.get("embed_dim"), 1)
+        k = require_int("num_interests", model_config.get("num_interests"), 1)
+        n = require_int("max_seq_len", model_config.get("max_seq_len"), 1)
         sa = model_config.get("comirec_sa") or {}
         hidden = (
-            _require_int("comirec_sa.attention_hidden", sa.get("attention_hidden", 0), 0) or 4 * d
+            require_int("comirec_sa.attention_hidden", sa.get("attention_hidden", 0), 0) or 4 * d
         )
         values = _init_values(rngs.params(), num_items, table_rows, d, k, n, hidden)
         self.item_embedding = nnx.Param(values["item_embedding"])

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sine_jax.errors import ConfigError
 from sine_jax.model import init_item_table
+from sine_jax.models import require_int
 
 # Gate order of the stacked weights: reset, update, candidate.
 NUM_GATES = 3
@@ -94,9 +94,6 @@ def gru_last_state(
 # Module.
 
 
-def _check_int(field: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"model.{field}={value!r} must be an integer >= {minimum}")
 
 
 class GRU4Rec(nnx.Module):
@@ -109,8 +106,8 @@ class GRU4Rec(nnx.Module):
 
     def __init__(self, *, num_items: int, table_rows: int, model_config, rngs: nnx.Rngs):
         d = model_config.embed_dim
-        _check_int("embed_dim", d, 1)
-        _check_int("max_seq_len", model_config.max_seq_len, 1)
+        require_int("embed_dim", d, 1)
+        require_int("max_seq_len", model_config.max_seq_len, 1)
         self.item_embedding = nnx.Param(init_item_table(rngs.params(), num_items, table_rows, d))
         glorot = jax.nn.initializers.glorot_uniform(in_axis=-2, out_axis=-1, batch_axis=0)
         self.input_kernel = nnx.Param(glorot(rngs.params(), (NUM_GATES, d, d)))

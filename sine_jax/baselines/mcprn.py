@@ -39,6 +39,7 @@ from flax import nnx
 
 from sine_jax.errors import ConfigError
 from sine_jax.model import init_item_table, project_items
+from sine_jax.models import require_int
 
 # ---------------------------------------------------------------------------------------------
 # Pure functions.
@@ -148,10 +149,6 @@ def _init_values(
     }
 
 
-def _require_int(field: str, value, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"model.{field}={value!r} must be an integer >= {minimum}")
-    return value
 
 
 class MCPRN(nnx.Module):
@@ -162,8 +159,8 @@ class MCPRN(nnx.Module):
     """
 
     def __init__(self, *, num_items: int, table_rows: int, model_config, rngs: nnx.Rngs):
-        d = _require_int("embed_dim", model_config.get("embed_dim"), 1)
-        k = _require_int("num_interests", model_config.get("num_interests"), 1)
+        d = require_int("embed_dim", model_config.get("embed_dim"), 1)
+        k = require_int("num_interests", model_config.get("num_interests"), 1)
         mcprn = model_config.get("mcprn") or {}
         tau = mcprn.get("temperature")
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:

@@ -42,9 +42,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sine_jax.errors import ConfigError
 from sine_jax.model import init_item_table, project_items
-from sine_jax.models import Constant
+from sine_jax.models import Constant, require_int
 
 SQUASH_EPS = 1e-9  # ComiRec's epsilon inside the squash's square root
 
@@ -126,10 +125,6 @@ def _init_values(
     }
 
 
-def _require_int(field: str, value, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"model.{field}={value!r} must be an integer >= {minimum}")
-    return value
 
 
 class MIND(nnx.Module):
@@ -140,11 +135,11 @@ class MIND(nnx.Module):
     """
 
     def __init__(self, *, num_items: int, table_rows: int, model_config, rngs: nnx.Rngs):
-        d = _require_int("embed_dim", model_config.get("embed_dim"), 1)
-        k = _require_int("num_interests", model_config.get("num_interests"), 1)
-        n = _require_int("max_seq_len", model_config.get("max_seq_len"), 1)
+        d = require_int("embed_dim", model_config.get("embed_dim"), 1)
+        k = require_int("num_interests", model_config.get("num_interests"), 1)
+        n = require_int("max_seq_len", model_config.get("max_seq_len"), 1)
         mind = model_config.get("mind") or {}
-        self.iterations = _require_int("mind.routing_iterations", mind.get("routing_iterations"), 1)
+        self.iterations = require_int("mind.routing_iterations", mind.get("routing_iterations"), 1)
         values = _init_values(rngs.params(), num_items, table_rows, d, k, n)
         self.item_embedding = nnx.Param(values["item_embedding"])
         self.bilinear = nnx.Param(values["bilinear"])

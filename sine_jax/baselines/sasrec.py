@@ -33,6 +33,7 @@ from flax import nnx
 
 from sine_jax.errors import ConfigError
 from sine_jax.model import init_item_table, masked_softmax
+from sine_jax.models import require_int
 
 # LayerNorm epsilon of the authors' `normalize`.
 LAYER_NORM_EPS = 1e-8
@@ -180,9 +181,6 @@ def sasrec_sequence(
 # Module.
 
 
-def _check_int(field: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"model.{field}={value!r} must be an integer >= {minimum}")
 
 
 _KERNELS = ("q_kernel", "k_kernel", "v_kernel", "ffn_kernel1", "ffn_kernel2")
@@ -200,11 +198,11 @@ class SASRec(nnx.Module):
 
     def __init__(self, *, num_items: int, table_rows: int, model_config, rngs: nnx.Rngs):
         d, n = model_config.embed_dim, model_config.max_seq_len
-        _check_int("embed_dim", d, 1)
-        _check_int("max_seq_len", n, 1)
+        require_int("embed_dim", d, 1)
+        require_int("max_seq_len", n, 1)
         num_blocks, num_heads = model_config.sasrec.num_blocks, model_config.sasrec.num_heads
-        _check_int("sasrec.num_blocks", num_blocks, 1)
-        _check_int("sasrec.num_heads", num_heads, 1)
+        require_int("sasrec.num_blocks", num_blocks, 1)
+        require_int("sasrec.num_heads", num_heads, 1)
         if d % num_heads:
             raise ConfigError(
                 f"model.sasrec.num_heads={num_heads} must divide model.embed_dim={d}"
