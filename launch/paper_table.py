@@ -284,6 +284,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def run_jobs(jobs, devices: list[str] | None, workdir: str) -> bool:
+    """Runs `jobs` (sweep.py: one per GPU at a time, else in sequence; done jobs skipped);
+    False when interrupted (a rerun resumes)."""
+    devices = devices or sweep.visible_gpus(os.environ, sweep.nvidia_smi_list()) or [None]
+    try:
+        sweep.run_sweep(jobs, devices, workdir)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -298,13 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     os.makedirs(args.workdir, exist_ok=True)
-    if not args.collect_only:
-        devices = devices or sweep.visible_gpus(os.environ, sweep.nvidia_smi_list()) or [None]
-        try:
-            sweep.run_sweep(jobs, devices, args.workdir)
-        except KeyboardInterrupt:
-            print("interrupted: rerun the same command to resume", file=sys.stderr)
-            return 130
+    if not args.collect_only and not run_jobs(jobs, devices, args.workdir):
+        return 130
     runs = collect_runs(jobs, args.workdir)
     rows = aggregate(runs)
     seeds = sweep.parse_seeds(args.seeds)

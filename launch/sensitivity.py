@@ -175,13 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     os.makedirs(args.workdir, exist_ok=True)
-    if not args.collect_only:
-        devices = devices or sweep.visible_gpus(os.environ, sweep.nvidia_smi_list()) or [None]
-        try:
-            sweep.run_sweep(jobs, devices, args.workdir)
-        except KeyboardInterrupt:
-            print("interrupted: rerun the same command to resume", file=sys.stderr)
-            return 130
+    if not args.collect_only and not paper_table.run_jobs(jobs, devices, args.workdir):
+        return 130
     runs = paper_table.collect_runs(jobs, args.workdir)
     cells = aggregate(runs, ks_interests, prototypes)
     seeds = sweep.parse_seeds(args.seeds)
