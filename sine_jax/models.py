@@ -34,6 +34,9 @@ ENCODERS = {
     "sine_label": ("sine_jax.model", "SINE"),
 }
 MODEL_NAMES = ("pop", *ENCODERS)
+# Encoders that read every row of the item table each step (SINE-cate's category prototypes
+# average it), so they cannot train on the gathered rows of row-sparse Adam.
+WHOLE_TABLE_MODELS = ("sine_cate",)
 
 
 class Constant(nnx.Variable):

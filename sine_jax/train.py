@@ -126,7 +126,7 @@ def uses_sparse_updates(config: config_dict.ConfigDict, num_items: int) -> bool:
     )
     if config.train.sparse_item_updates is None:
         return (
-            sampled and config.model.name != "sine_cate"
+            sampled and config.model.name not in models.WHOLE_TABLE_MODELS
             and num_items + 1 > SPARSE_DEFAULT_RATIO * touched_rows_per_step(config)
         )
     if config.train.sparse_item_updates and not sampled:
@@ -390,11 +390,8 @@ class _Trainer:
         self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.mesh = make_mesh(config)
-        cache_dir = config.data.cache_dir or os.path.join(workdir, "cache")
-        self.data = dataset_lib.load_dataset(config.data, cache_dir)
+        self.data, self.valid_arrays, self.test_arrays = _load_data(config, workdir)
         n = config.model.max_seq_len
-        self.valid_arrays = pipeline.eval_arrays(self.data, "valid", max_seq_len=n)
-        self.test_arrays = pipeline.eval_arrays(self.data, "test", max_seq_len=n)
         batch_size = config.train.batch_size
         self.steps_per_epoch = pipeline.num_train_examples(self.data) // batch_size
         if self.steps_per_epoch == 0:
@@ -565,6 +562,16 @@ class _Trainer:
         )
 
 
+def _load_data(config: config_dict.ConfigDict, workdir: str):
+    """(the dataset, its validation arrays, its test arrays); the preprocessed arrays are
+    cached in data.cache_dir, else WORKDIR/cache."""
+    cache_dir = config.data.cache_dir or os.path.join(workdir, "cache")
+    data = dataset_lib.load_dataset(config.data, cache_dir)
+    n = config.model.max_seq_len
+    return (data, pipeline.eval_arrays(data, "valid", max_seq_len=n),
+            pipeline.eval_arrays(data, "test", max_seq_len=n))
+
+
 def _make_eval_fn(config: config_dict.ConfigDict, encode_fn, mesh, num_items: int):
     """The jitted evaluation function of `config.data.split`'s protocol (`evaluate`)."""
     kwargs = dict(
@@ -609,16 +616,13 @@ def _popularity_results(config: config_dict.ConfigDict, workdir: str) -> dict[st
     start_time = time.time()
     config_checks.validate(config)
     mesh = make_mesh(config)
-    cache_dir = config.data.cache_dir or os.path.join(workdir, "cache")
-    data = dataset_lib.load_dataset(config.data, cache_dir)
-    n = config.model.max_seq_len
+    data, valid_arrays, test_arrays = _load_data(config, workdir)
     counts = np.zeros(padded_table_rows(data.num_items, mesh.shape["model"]), np.float32)
     counts[: data.num_items + 1] = data.item_counts
     eval_fn = _make_eval_fn(config, evaluate.popularity_encode, mesh, data.num_items)
     return _results(
         config, data, eval_fn, jax.device_put(counts, NamedSharding(mesh, P())),
-        pipeline.eval_arrays(data, "valid", max_seq_len=n),
-        pipeline.eval_arrays(data, "test", max_seq_len=n), mesh, 0, start_time,
+        valid_arrays, test_arrays, mesh, 0, start_time,
     )
 
 
