@@ -57,6 +57,9 @@ def get_config() -> config_dict.ConfigDict:
     model.aggregation_attention = config_dict.placeholder(str)  # eq 6: shared_w3 | own | own_plus_items
     model.aggregation = config_dict.placeholder(str)  # eqs 7-8: temperature | dense_concat
     model.positional_in_concept_attention = config_dict.placeholder(bool)  # eq 1 input + pos-emb
+    # Beyond the paper: the history's X_t from an input table of its own (separate) or from the
+    # scored item table (shared: paper and reference code). See docs/results.md.
+    model.input_table = config_dict.placeholder(str)  # shared | separate
     # Baselines' own fields (they also read embed_dim, max_seq_len and num_interests).
     model.sasrec = config_dict.ConfigDict()
     model.sasrec.num_blocks = 2  # self-attention blocks (SASRec paper: 2)

@@ -10,7 +10,7 @@
 
 Runs launch/sweep.py's grid model.name x train.seed (--models, default the Table 1 models
 pop gru4rec caser sasrec mind mcprn comirec_sa sine), one job per point in
-WORKDIR/name-MODEL_seed-SEED; --set adds an override to every job, --devices picks the GPUs.
+WORKDIR/name-MODEL_seed-SEED; --set adds an override to every job, --devices picks the GPUs (--cpu_jobs: jobs at a time on CPU).
 Rerunning the same command resumes: a job with results.json is skipped. Then it writes
 
   WORKDIR/table.md    one row per model in the paper's order; test metrics in percent,
@@ -278,16 +278,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="an override for every job (repeatable)")
     parser.add_argument("--ks", help="cut-offs of the columns, e.g. 10,50 (default by data)")
-    parser.add_argument("--devices", help="GPU ids, one job on each at a time (default: visible)")
+    sweep.add_slot_flags(parser)
     parser.add_argument("--collect_only", action="store_true",
                         help="write the table from the runs there, run nothing")
     return parser.parse_args(argv)
 
 
-def run_jobs(jobs, devices: list[str] | None, workdir: str) -> bool:
-    """Runs `jobs` (sweep.py: one per GPU at a time, else in sequence; done jobs skipped);
+def run_jobs(jobs, devices: list[str | None], workdir: str) -> bool:
+    """Runs `jobs` (sweep.py: one per slot of `sweep.job_slots` at a time; done jobs skipped);
     False when interrupted (a rerun resumes)."""
-    devices = devices or sweep.visible_gpus(os.environ, sweep.nvidia_smi_list()) or [None]
     try:
         sweep.run_sweep(jobs, devices, workdir)
     except KeyboardInterrupt:
@@ -305,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             grid=[f"model.name={','.join(models)}"]))
         config = load_config(args.config, args.set)
         ks, metrics, paper = table_layout(config, parse_ks(args.ks) if args.ks else None)
-        devices = sweep.parse_devices(args.devices) if args.devices else None
+        devices = sweep.job_slots(args.devices, args.cpu_jobs)
     except sweep.SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -17,6 +17,10 @@ best checkpoint, assigns every real item to its nearest prototype by cosine, and
     genre; items without a category left out and counted), with the chance level: the mean
     NMI of 10 random permutations of the assignment (same cluster sizes);
   * how many prototypes are some item's nearest;
+  * prototype usage: how many distinct prototypes eq 2's top-K selects over the test users'
+    histories, the perplexity of the selection counts (L when every prototype is chosen
+    equally often, K when every user picks the same K) and the share of all selections that
+    the K most chosen prototypes take (1.0 for a collapsed pool);
   * the --num_concepts prototypes nearest to the most items, each with its --neighbours
     nearest items by cosine (titles, else raw ids) and their categories.
 
@@ -71,6 +75,39 @@ def category_nmi(assign: np.ndarray, categories: np.ndarray, *,
                                                       average_method="arithmetic")),
             "chance_nmi": float(np.mean(chance)), "chance_nmi_std": float(np.std(chance)),
             "items_scored": int(known.sum()), "items_without_category": int((~known).sum())}
+
+
+def selection_usage(prototype_ids: np.ndarray, num_prototypes: int) -> dict:
+    """How the users' eq-2 selections prototype_ids [U, K] spread over a pool of L prototypes.
+
+    Returns {"users", "selected" (distinct prototypes chosen by some user), "num_prototypes",
+    "perplexity" (exp of the entropy of the selection shares), "top_k_share" (share of the
+    U K selections taken by the K most chosen prototypes)}.
+    """
+    ids = np.asarray(prototype_ids)
+    users, k = ids.shape
+    counts = np.bincount(ids.ravel(), minlength=num_prototypes)
+    shares = counts[counts > 0] / counts.sum()
+    return {"users": int(users), "selected": int((counts > 0).sum()),
+            "num_prototypes": int(num_prototypes),
+            "perplexity": float(np.exp(-(shares * np.log(shares)).sum())),
+            "top_k_share": float(np.sort(counts)[::-1][:k].sum() / counts.sum())}
+
+
+def selected_prototypes(trained, max_seq_len: int, split: str = "test",
+                        batch_size: int = 512) -> np.ndarray:
+    """[U, K] int: the prototypes eq 2 selects for each user's `split` history (the last
+    `max_seq_len` items)."""
+    import jax
+    from flax import nnx
+
+    from sine_jax.data import pipeline
+
+    model = nnx.merge(trained.setup.graphdef, trained.params, trained.setup.rest)
+    select = jax.jit(lambda history: model(history).prototype_ids)
+    histories = pipeline.eval_arrays(trained.data, split, max_seq_len=max_seq_len)["history"]
+    return np.concatenate([np.asarray(select(histories[i:i + batch_size]))
+                           for i in range(0, len(histories), batch_size)])
 
 
 def concept_neighbours(items: np.ndarray, prototypes: np.ndarray, assign: np.ndarray,
@@ -129,14 +166,19 @@ def item_label(data, item: int) -> dict:
 
 
 def concepts_markdown(report: dict) -> str:
-    nmi = report["nmi"]
+    nmi, usage = report["nmi"], report["usage"]
     lines = [f"# Concepts of {report['workdir']} (best step {report['best_step']})", "",
              (f"NMI between each item's nearest prototype (cosine) and its category: "
               f"{nmi['nmi']:.4f} (chance {nmi['chance_nmi']:.4f}, the mean of "
               f"{CHANCE_PERMUTATIONS} permutations of the assignment); {nmi['items_scored']} "
               f"items scored, {nmi['items_without_category']} without a category; "
               f"{report['prototypes_used']} of {report['num_prototypes']} prototypes are some "
-              "item's nearest."), ""]
+              "item's nearest."), "",
+             (f"Prototype usage over {usage['users']} users' test histories (eq 2's top-"
+              f"{report['num_interests']}): {usage['selected']} of {usage['num_prototypes']} "
+              f"prototypes selected, perplexity {usage['perplexity']:.1f}, the "
+              f"{report['num_interests']} most chosen take {100 * usage['top_k_share']:.1f}% of "
+              "the selections."), ""]
     for concept in report["concepts"]:
         lines += [f"## Prototype {concept['prototype']} (nearest to {concept['nearest_to']} items)",
                   ""]
@@ -198,6 +240,9 @@ def analyse(config, workdir: str, num_concepts: int, neighbours: int) -> dict:
     return {"workdir": workdir, "model": name, "best_step": trained.best_step,
             "num_items": m, "num_prototypes": len(prototypes),
             "prototypes_used": len(np.unique(assign)),
+            "num_interests": int(config.model.num_interests),
+            "usage": selection_usage(
+                selected_prototypes(trained, config.model.max_seq_len), len(prototypes)),
             "nmi": category_nmi(assign, data.item_categories[1:m + 1]),
             "concepts": concepts}
 
@@ -232,8 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         f.write(concepts_markdown(report))
     plot_concepts(report, os.path.join(args.workdir, "concepts.png"))
     nmi = report["nmi"]
+    usage = report["usage"]
     print(f"NMI {nmi['nmi']:.4f} (chance {nmi['chance_nmi']:.4f}); {report['prototypes_used']}/"
-          f"{report['num_prototypes']} prototypes used; concepts in "
+          f"{report['num_prototypes']} prototypes nearest to some item; {usage['selected']}/"
+          f"{usage['num_prototypes']} selected by some user (perplexity "
+          f"{usage['perplexity']:.1f}, top-K share {usage['top_k_share']:.3f}); concepts in "
           f"{os.path.join(args.workdir, 'concepts.md')}")
     return 0
 

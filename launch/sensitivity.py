@@ -152,7 +152,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="an override for every job (repeatable)")
     parser.add_argument("--metric", default="HR@50", help="the first panel's test metric")
     parser.add_argument("--second_metric", default="NDCG@50", help="the second panel's")
-    parser.add_argument("--devices", help="GPU ids, one job on each at a time (default: visible)")
+    sweep.add_slot_flags(parser)
     parser.add_argument("--collect_only", action="store_true",
                         help="write the outputs from the runs there, run nothing")
     return parser.parse_args(argv)
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         config = paper_table.load_config(args.config, args.set)
         metrics = [check_metric(m, config) for m in dict.fromkeys([args.metric,
                                                                    args.second_metric])]
-        devices = sweep.parse_devices(args.devices) if args.devices else None
+        devices = sweep.job_slots(args.devices, args.cpu_jobs)
     except sweep.SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

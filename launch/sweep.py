@@ -13,7 +13,7 @@ WORKDIR/num_interests-4_num_prototypes-50_seed-0 and writes its output to log.tx
 Rerunning the same command resumes the sweep: a job whose workdir has results.json is
 skipped, an interrupted one resumes from its checkpoints. With several GPUs visible
 (CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`; or --devices=0,1,...) one job runs per GPU at a
-time, each seeing only its GPU; on CPU the jobs run one after another. The jobs share
+time, each seeing only its GPU; on CPU --cpu_jobs jobs (default 1) run at a time. The jobs share
 WORKDIR/cache (preprocessed data, unless data.cache_dir is set) and WORKDIR/jax_cache (compiled
 programs, unless JAX_COMPILATION_CACHE_DIR is set). WORKDIR/sweep.json lists every job with its
 overrides, status (done, failed, skipped or pending), test and valid metrics and wall_seconds.
@@ -290,6 +290,24 @@ def visible_gpus(environ: dict[str, str], smi_output: str) -> list[str]:
     return [str(i) for i in range(count)]
 
 
+def job_slots(devices: str | None, cpu_jobs: int) -> list[str | None]:
+    """Where jobs run at the same time: the --devices GPU ids, else the visible GPUs, else
+    `cpu_jobs` CPU slots (None). Raises SweepError for a bad --devices or --cpu_jobs."""
+    if cpu_jobs < 1:
+        raise SweepError(f"--cpu_jobs={cpu_jobs} must be >= 1")
+    if devices:
+        return parse_devices(devices)
+    return visible_gpus(os.environ, nvidia_smi_list()) or [None] * cpu_jobs
+
+
+def add_slot_flags(parser: argparse.ArgumentParser) -> None:
+    """--devices and --cpu_jobs, shared by every launch script that runs jobs."""
+    parser.add_argument("--devices", help="GPU ids, one job on each at a time (default: visible)")
+    parser.add_argument("--cpu_jobs", type=int, default=1,
+                        help="jobs at a time when no GPU is visible (default 1; a CPU run uses "
+                             "about one core, so up to the number of cores pays)")
+
+
 def nvidia_smi_list() -> str:
     """`nvidia-smi -L` ('' without NVIDIA driver); JAX is not imported in the sweep process."""
     try:
@@ -388,7 +406,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", help="train.seed values, e.g. 0,1,2 (one more axis)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="an override for every job (repeatable)")
-    parser.add_argument("--devices", help="GPU ids, one job on each at a time (default: visible)")
+    add_slot_flags(parser)
     parser.add_argument("--dry_run", action="store_true", help="print the jobs, run nothing")
     return parser.parse_args(argv)
 
@@ -397,11 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         jobs = plan(args)
-        devices = parse_devices(args.devices) if args.devices else None
+        devices = job_slots(args.devices, args.cpu_jobs)
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    devices = devices or visible_gpus(os.environ, nvidia_smi_list()) or [None]
     if args.dry_run:
         for job in jobs:
             print(f"{'skip' if is_done(job) else 'run'}: {shlex.join(job.command)}")

@@ -4,7 +4,7 @@ import jax
 from ml_collections import config_dict
 
 from sine_jax.errors import ConfigError
-from sine_jax.models import MODEL_NAMES, WHOLE_TABLE_MODELS
+from sine_jax.models import MODEL_NAMES, dense_table_reason
 
 LOSS_NAMES = ("sampled_softmax", "full_softmax")
 LR_DECAYS = ("constant", "cosine")
@@ -63,10 +63,11 @@ def validate(config: config_dict.ConfigDict, num_devices: int | None = None) -> 
             "train.sparse_item_updates=True needs loss.name=sampled_softmax: the full softmax "
             "touches every row of the item table"
         )
-    if config.train.sparse_item_updates and config.model.name in WHOLE_TABLE_MODELS:
+    dense_reason = dense_table_reason(config.model)
+    if config.train.sparse_item_updates and dense_reason:
         raise ConfigError(
             f"train.sparse_item_updates=True does not fit model.name={config.model.name!r}: "
-            "it reads the whole item table each step"
+            f"{dense_reason}"
         )
     _, model_size = mesh_shape(config, num_devices)
     if config.mesh.shard_prototypes and config.model.num_prototypes % model_size:

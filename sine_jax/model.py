@@ -383,6 +383,7 @@ _CHOICES = {
     "interest_attention": ("per_interest", "shared_gated"),
     "aggregation_attention": ("shared_w3", "own", "own_plus_items"),
     "aggregation": ("temperature", "dense_concat", "label_aware"),
+    "input_table": ("shared", "separate"),
 }
 _BOOLS = ("interest_layernorm", "positional_in_concept_attention")
 
@@ -418,6 +419,11 @@ class SineOptions:
         positional_in_concept_attention: add the learned positional embeddings to the attention
             input of eq 1, and of eq 6 (the reference code adds them to both; values stay
             un-embedded). Eq 4 always adds them (paper and reference code).
+        input_table: where the history's X_t come from. "shared" (paper and reference code):
+            the rows of the item table that eq 9 scores, so v, a mixture of the history's
+            rows, scores those very items highly; "separate": an input table of its own
+            (`input_embedding` [R, D]); the item table then only scores. Beyond the paper
+            (docs/results.md: what ranking the history costs); dense item updates only.
         temperature: tau of eq 7 (`model.temperature`, 0.1).
     """
 
@@ -429,6 +435,7 @@ class SineOptions:
     aggregation: str = "temperature"
     positional_in_concept_attention: bool = False
     prototype_pool: str = "learned"
+    input_table: str = "shared"
     temperature: float = 0.1
 
     def __post_init__(self):
@@ -548,6 +555,8 @@ def _param_specs(
     }
     if options.prototype_pool == "categories":
         del specs["prototypes"]
+    if options.input_table == "separate":
+        specs["input_embedding"] = specs["item_embedding"]
     eq6 = options.aggregation != "label_aware"  # SINE-label has no eqs 6-8
     if options.assignment == "layernorm" or (eq6 and options.aggregation_attention == "shared_w3"):
         specs["w3"] = ((d, d), d, d)
@@ -591,6 +600,11 @@ def _glorot_uniform(key: jax.Array, specs: tuple) -> dict[str, jax.Array]:
     specs = dict(specs)
     (rows, d), fan_in, _ = specs.pop("item_embedding")
     values = {"item_embedding": init_item_table(table_key, fan_in - 1, rows, d)}
+    if "input_embedding" in specs:  # its own draw; the other parameters' stay as without it
+        specs.pop("input_embedding")
+        values["input_embedding"] = init_item_table(
+            jax.random.fold_in(table_key, 1), fan_in - 1, rows, d
+        )
     sizes = [math.prod(shape) for shape, _, _ in specs.values()]
     flat = jax.random.uniform(key, (sum(sizes),), minval=-1.0, maxval=1.0)
     starts = itertools.accumulate(sizes, initial=0)
@@ -604,7 +618,8 @@ class SINE(nnx.Module):
     """The SINE user encoder (eqs 1-8) with its item table and prototype pool.
 
     Parameters (present depending on `options`):
-        item_embedding [R, D] (R >= M + 1; row 0 and rows past M are padding), prototypes [L, D] (C),
+        item_embedding [R, D] (R >= M + 1; row 0 and rows past M are padding), input_embedding
+        [R, D] (input_table "separate": the history's X_t), prototypes [L, D] (C),
         position_embedding [n, D] (row n-1 = most recent item), concept_w1 [D, H],
         concept_w2 [H] (eq 1), w3 [D, D] (eq 3 and/or eq 6 "shared_w3"), norm1, norm2
         (eq 3 "layernorm"), interest_w1 [K, D, H] | [D, H], interest_w2 [K, H] | [H, K] (eq 4),
@@ -645,6 +660,7 @@ class SINE(nnx.Module):
             return nnx.LayerNorm(d, rngs=rngs) if present else None
 
         self.item_embedding = param("item_embedding")
+        self.input_embedding = param("input_embedding")
         self.prototypes = param("prototypes")
         self.position_embedding = param("position_embedding")
         self.concept_w1 = param("concept_w1")
@@ -674,7 +690,8 @@ class SINE(nnx.Module):
         """
         opts = self.options
         mask = history > 0  # [B, n]
-        table = self.item_embedding[...]
+        inputs = self.input_embedding if opts.input_table == "separate" else self.item_embedding
+        table = inputs[...]  # the X_t rows
         x = jnp.where(mask[..., None], jnp.take(table, history, axis=0), 0.0)  # [B, n, D]
         pos = self.position_embedding[...]  # [n, D]
         concept_pos = pos if opts.positional_in_concept_attention else None

@@ -39,6 +39,18 @@ MODEL_NAMES = ("pop", *ENCODERS)
 WHOLE_TABLE_MODELS = ("sine_cate",)
 
 
+def dense_table_reason(model_config) -> str | None:
+    """Why row-sparse item updates cannot train this model (None when they can): it reads the
+    whole item table each step, or it looks the history up in a second table of its own."""
+    name = model_config.get("name", "sine")
+    if name in WHOLE_TABLE_MODELS:
+        return "it reads the whole item table each step"
+    sine = ENCODERS.get(name, ("",))[0] == "sine_jax.model"
+    if sine and model_config.get("input_table") == "separate":
+        return "model.input_table='separate' looks the history up in a second table"
+    return None
+
+
 class Constant(nnx.Variable):
     """A fixed array of a model (e.g. MIND's routing-logit start, SINE-cate's item categories):
     never trained nor checkpointed; rebuilt from the config, the seed and the data."""

@@ -126,7 +126,7 @@ def uses_sparse_updates(config: config_dict.ConfigDict, num_items: int) -> bool:
     )
     if config.train.sparse_item_updates is None:
         return (
-            sampled and config.model.name not in models.WHOLE_TABLE_MODELS
+            sampled and models.dense_table_reason(config.model) is None
             and num_items + 1 > SPARSE_DEFAULT_RATIO * touched_rows_per_step(config)
         )
     if config.train.sparse_item_updates and not sampled:

@@ -73,3 +73,21 @@ def test_constant_warmup_and_cosine_schedules():
     config.train.lr_decay = "cosine"
     cosine = _learning_rates(config, 10, 10)
     assert cosine[0] < 1e-4 and np.all(np.diff(cosine[1:]) < 0) and cosine[-1] < 1e-4
+
+
+@pytest.mark.parametrize("name, extra, message", [
+    ("sine_cate", {}, "it reads the whole item table each step"),
+    ("sine", {"input_table": "separate"}, "looks the history up in a second table"),
+])
+def test_sparse_updates_refused_where_the_rows_of_one_table_are_not_enough(name, extra, message):
+    config = default.get_config()
+    config.model.name = name
+    config.model.update(extra)
+    config.train.sparse_item_updates = True
+    with pytest.raises(ConfigError, match=message):
+        config_checks.validate(config, num_devices=1)
+    config.train.sparse_item_updates = None  # the default then keeps dense updates
+    config_checks.validate(config, num_devices=1)
+    assert not train.uses_sparse_updates(config, num_items=4_000_000)
+    config.model.name, config.model.input_table = "sine", None
+    assert train.uses_sparse_updates(config, num_items=4_000_000)

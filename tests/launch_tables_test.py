@@ -214,6 +214,20 @@ def test_category_nmi_perfect_constant_and_chance():
     assert counted["nmi"] == pytest.approx(1.0)
 
 
+def test_selection_usage_of_a_collapsed_an_even_and_a_mixed_pool():
+    collapsed = prototypes.selection_usage(np.array([[3, 1]] * 50), num_prototypes=8)
+    assert collapsed == {"users": 50, "selected": 2, "num_prototypes": 8,
+                         "perplexity": pytest.approx(2.0), "top_k_share": 1.0}
+    even = prototypes.selection_usage(np.arange(8).reshape(4, 2), num_prototypes=8)
+    assert even["selected"] == 8 and even["perplexity"] == pytest.approx(8.0)
+    assert even["top_k_share"] == pytest.approx(2 / 8)
+    mixed = prototypes.selection_usage(np.array([[0, 1], [0, 2], [0, 1], [5, 1]]), 6)
+    shares = np.array([3, 3, 1, 1]) / 8  # prototypes 0, 1, 2, 5
+    assert mixed["selected"] == 4
+    assert mixed["perplexity"] == pytest.approx(np.exp(-(shares * np.log(shares)).sum()))
+    assert mixed["top_k_share"] == pytest.approx(6 / 8)
+
+
 def test_concept_neighbours_are_the_most_used_prototypes_and_their_nearest_items():
     rng = np.random.default_rng(1)
     items, protos = rng.normal(size=(50, 4)), rng.normal(size=(6, 4))
@@ -258,8 +272,14 @@ def test_prototypes_report_of_a_trained_run(tiny_run, capsys):
     assert 0 <= nmi["nmi"] <= 1 and 0 <= nmi["chance_nmi"] <= 1
     assert nmi["items_scored"] == 200 and nmi["items_without_category"] == 0
     assert len(report["concepts"]) == 3
+    usage = report["usage"]
+    assert usage["num_prototypes"] == 10 and report["num_interests"] == 4
+    assert usage["users"] == 100  # every user of the tiny synthetic data has a test history
+    assert 4 <= usage["selected"] <= 10 and 4.0 <= usage["perplexity"] <= usage["selected"]
+    assert 4 / 10 <= usage["top_k_share"] <= 1.0
     with open(os.path.join(tiny_run, "concepts.md")) as f:
         text = f.read()
+    assert f"{usage['selected']} of 10 prototypes selected" in text
     for concept in report["concepts"]:
         assert len(concept["items"]) == 5
         assert f"## Prototype {concept['prototype']} (nearest to {concept['nearest_to']}" in text

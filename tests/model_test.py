@@ -666,6 +666,7 @@ _ALTERNATIVES = {
     "aggregation_attention": ["own", "own_plus_items"],
     "aggregation": ["dense_concat"],
     "positional_in_concept_attention": [True],
+    "input_table": ["separate"],
 }
 
 
@@ -685,6 +686,32 @@ def test_each_switch_changes_the_output(field, value, rng):
         np.asarray(_encode(paper, history).user_vector - _encode(switched, history).user_vector)
     ).max()
     assert diff > 1e-4, (field, value, diff)
+
+
+def test_separate_input_table_only_changes_where_the_history_is_read(rng):
+    """input_table=separate: the encoder reads X_t from input_embedding and nothing else
+    changes (it equals the shared model whose item table is that input table); the item table
+    no longer enters the user vector."""
+    separate = _random_model(model_lib.SineOptions(input_table="separate"), seed=8)
+    shared = _random_model(model_lib.SineOptions(), seed=9)
+    _copy_shared_params(separate, shared)
+    shared.item_embedding.set_value(separate.input_embedding[...])
+    history = jnp.asarray(_history(rng))
+    want = _encode(shared, history)
+    got = _encode(separate, history)
+    for field, value in got._asdict().items():
+        np.testing.assert_allclose(value, getattr(want, field), err_msg=field, **TOL)
+    separate.item_embedding.set_value(separate.item_embedding[...] + 1.0)
+    np.testing.assert_allclose(_encode(separate, history).user_vector, got.user_vector, **TOL)
+    built = model_lib.build_model(_model_config(input_table="separate"), M, nnx.Rngs(0))
+    paper = model_lib.build_model(_model_config(), M, nnx.Rngs(0))
+    assert built.input_embedding[...].shape == built.item_embedding[...].shape == (M + 1, D)
+    assert paper.input_embedding is None
+    assert float(jnp.abs(built.input_embedding[0]).max()) == 0.0  # padding row
+    assert not np.allclose(built.input_embedding[...], built.item_embedding[...])
+    # the same initial values as the shared model for every parameter it has too
+    np.testing.assert_array_equal(built.item_embedding[...], paper.item_embedding[...])
+    np.testing.assert_array_equal(built.prototypes[...], paper.prototypes[...])
 
 
 def test_official_preset_runs_jitted(rng):
