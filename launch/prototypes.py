@@ -21,6 +21,8 @@ best checkpoint, assigns every real item to its nearest prototype by cosine, and
     histories, the perplexity of the selection counts (L when every prototype is chosen
     equally often, K when every user picks the same K) and the share of all selections that
     the K most chosen prototypes take (1.0 for a collapsed pool);
+  * the mean entropy of P(k|t) (eq 3) and of e (eq 7) over those users (near 0: one-hot
+    choices with vanishing gradients, DESIGN.md section 4; log K: no choice at all);
   * the --num_concepts prototypes nearest to the most items, each with its --neighbours
     nearest items by cosine (titles, else raw ids) and their categories.
 
@@ -94,20 +96,41 @@ def selection_usage(prototype_ids: np.ndarray, num_prototypes: int) -> dict:
             "top_k_share": float(np.sort(counts)[::-1][:k].sum() / counts.sum())}
 
 
-def selected_prototypes(trained, max_seq_len: int, split: str = "test",
-                        batch_size: int = 512) -> np.ndarray:
-    """[U, K] int: the prototypes eq 2 selects for each user's `split` history (the last
-    `max_seq_len` items)."""
+def entropy(probabilities: np.ndarray) -> np.ndarray:
+    """[...]: the entropy (nats) of each distribution on the last axis of [..., K]."""
+    p = np.asarray(probabilities, np.float64)
+    return -(p * np.log(np.where(p > 0, p, 1.0))).sum(-1)
+
+
+def encode_users(trained, max_seq_len: int, split: str = "test", batch_size: int = 512) -> dict:
+    """What SINE makes of each user's `split` history (its last `max_seq_len` items):
+    {"prototype_ids" [U, K] (eq 2), "assignment_entropy" (mean over real positions of the
+    entropy of P(k|t), eq 3), "weight_entropy" (mean entropy of e, eq 7; None for SINE-label)},
+    entropies in nats (log K at most)."""
     import jax
     from flax import nnx
 
     from sine_jax.data import pipeline
 
     model = nnx.merge(trained.setup.graphdef, trained.params, trained.setup.rest)
-    select = jax.jit(lambda history: model(history).prototype_ids)
+
+    @jax.jit
+    def encode(history):
+        out = model(history)
+        return out.prototype_ids, out.assignment, out.interest_weights
+
     histories = pipeline.eval_arrays(trained.data, split, max_seq_len=max_seq_len)["history"]
-    return np.concatenate([np.asarray(select(histories[i:i + batch_size]))
-                           for i in range(0, len(histories), batch_size)])
+    ids, assignment, weights = [], [], []
+    for start in range(0, len(histories), batch_size):
+        history = histories[start:start + batch_size]
+        prototype_ids, p_kt, e = encode(history)
+        ids.append(np.asarray(prototype_ids))
+        assignment.append(entropy(p_kt)[history > 0])  # real positions only
+        if e is not None:
+            weights.append(entropy(e))
+    return {"prototype_ids": np.concatenate(ids),
+            "assignment_entropy": float(np.concatenate(assignment).mean()),
+            "weight_entropy": float(np.concatenate(weights).mean()) if weights else None}
 
 
 def concept_neighbours(items: np.ndarray, prototypes: np.ndarray, assign: np.ndarray,
@@ -166,7 +189,7 @@ def item_label(data, item: int) -> dict:
 
 
 def concepts_markdown(report: dict) -> str:
-    nmi, usage = report["nmi"], report["usage"]
+    nmi, usage, entropy = report["nmi"], report["usage"], report["entropy"]
     lines = [f"# Concepts of {report['workdir']} (best step {report['best_step']})", "",
              (f"NMI between each item's nearest prototype (cosine) and its category: "
               f"{nmi['nmi']:.4f} (chance {nmi['chance_nmi']:.4f}, the mean of "
@@ -178,7 +201,11 @@ def concepts_markdown(report: dict) -> str:
               f"{report['num_interests']}): {usage['selected']} of {usage['num_prototypes']} "
               f"prototypes selected, perplexity {usage['perplexity']:.1f}, the "
               f"{report['num_interests']} most chosen take {100 * usage['top_k_share']:.1f}% of "
-              "the selections."), ""]
+              "the selections."), "",
+             (f"Mean entropy (nats; uniform = log K = {entropy['uniform']:.3f}) of P(k|t) "
+              f"(eq 3) over real positions: {entropy['assignment']:.3f}; of e (eq 7): "
+              + ("n/a" if entropy["interest_weights"] is None
+                 else f"{entropy['interest_weights']:.3f}") + "."), ""]
     for concept in report["concepts"]:
         lines += [f"## Prototype {concept['prototype']} (nearest to {concept['nearest_to']} items)",
                   ""]
@@ -234,6 +261,7 @@ def analyse(config, workdir: str, num_concepts: int, neighbours: int) -> dict:
     prototypes = np.asarray(trained.params["prototypes"][...])
     assign = nearest_prototypes(items, prototypes)
     concepts = concept_neighbours(items, prototypes, assign, num_concepts, neighbours)
+    encoded = encode_users(trained, config.model.max_seq_len)
     for concept in concepts:
         concept["items"] = [{**item_label(data, item["item"]), "cosine": item["cosine"]}
                             for item in concept["items"]]
@@ -241,8 +269,10 @@ def analyse(config, workdir: str, num_concepts: int, neighbours: int) -> dict:
             "num_items": m, "num_prototypes": len(prototypes),
             "prototypes_used": len(np.unique(assign)),
             "num_interests": int(config.model.num_interests),
-            "usage": selection_usage(
-                selected_prototypes(trained, config.model.max_seq_len), len(prototypes)),
+            "usage": selection_usage(encoded["prototype_ids"], len(prototypes)),
+            "entropy": {"assignment": encoded["assignment_entropy"],
+                        "interest_weights": encoded["weight_entropy"],
+                        "uniform": float(np.log(config.model.num_interests))},
             "nmi": category_nmi(assign, data.item_categories[1:m + 1]),
             "concepts": concepts}
 

@@ -24,7 +24,6 @@ Exit code: 0 when no job failed, 1 when one did, 2 for a bad argument (nothing r
 import argparse
 import dataclasses
 import difflib
-import importlib.util
 import itertools
 import json
 import os
@@ -122,18 +121,13 @@ def check_distinct_fields(fields: list[str]) -> None:
 
 def load_config(spec: str):
     """The ConfigDict of 'path/to/config.py[:arg]', as the training CLI builds it."""
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise SweepError(f"--config={spec}: no such file {path}")
-    if os.getcwd() not in sys.path:  # configs import `configs.default`, as under `python -m`
-        sys.path.insert(0, os.getcwd())
-    module_spec = importlib.util.spec_from_file_location("sweep_config", path)
-    module = importlib.util.module_from_spec(module_spec)
+    from sine_jax import run_config  # no JAX: the sweep process stays light
+    from sine_jax.errors import ConfigError
+
     try:
-        module_spec.loader.exec_module(module)
-        return module.get_config(arg) if arg else module.get_config()
-    except Exception as e:  # any failure of the user's config file, in one line
-        raise SweepError(f"--config={spec}: {type(e).__name__}: {e}") from e
+        return run_config.load_config_file(spec)
+    except ConfigError as e:
+        raise SweepError(str(e)) from e
 
 
 def check_field(config, field: str) -> None:

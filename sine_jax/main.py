@@ -158,5 +158,25 @@ def _recommend() -> None:
     )
 
 
+def _exit_on_a_bad_config_file(argv: list[str]) -> None:
+    """--config=FILE[:ARG] that is missing or whose get_config fails: one line and exit 2
+    (ml_collections would report it with a traceback while parsing the flags)."""
+    from sine_jax import run_config
+
+    for i, arg in enumerate(argv[1:], 1):
+        if arg == "--config" and i + 1 < len(argv):
+            spec = argv[i + 1]
+        elif arg.startswith("--config="):
+            spec = arg.removeprefix("--config=")
+        else:
+            continue
+        try:
+            run_config.load_config_file(spec)
+        except SineError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+
 if __name__ == "__main__":
+    _exit_on_a_bad_config_file(sys.argv)
     app.run(main)

@@ -7,13 +7,15 @@ bookkeeping (RESUMABLE_FIELDS), the export's settings (`serving.*`) and the devi
 passes `--allow_config_change`.
 """
 
+import importlib.util
 import json
 import os
+import sys
 from typing import Any
 
 from ml_collections import config_dict
 
-from sine_jax.errors import SineError
+from sine_jax.errors import ConfigError, SineError
 
 CONFIG_FILE = "config.json"
 RESUMABLE_FIELDS = (
@@ -28,6 +30,27 @@ RESUMABLE_FIELDS = (
 # serving.*: read by --mode=export only; mesh.*: checkpoints restore onto any mesh shape and
 # the global batches do not depend on it.
 RESUMABLE_PREFIXES = ("serving.", "mesh.")
+
+
+def load_config_file(spec: str) -> config_dict.ConfigDict:
+    """The ConfigDict of 'path/to/config.py[:ARG]' (its get_config(), or get_config(ARG)).
+
+    Raises:
+        ConfigError: one line naming the file: it does not exist, or loading it or its
+            get_config failed (the exception's type and message).
+    """
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config={spec}: no such file {path}")
+    if os.getcwd() not in sys.path:  # configs import `configs.default`, as under `python -m`
+        sys.path.insert(0, os.getcwd())
+    module_spec = importlib.util.spec_from_file_location("checked_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+        return module.get_config(arg) if arg else module.get_config()
+    except Exception as e:  # any failure of the user's config file, in one line
+        raise ConfigError(f"--config={spec}: {type(e).__name__}: {e}") from e
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,12 +1,13 @@
 """Config validation and the optimizer options."""
 
+import json
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 from configs import amazon, default, movielens, synthetic, taobao, ularge
-from sine_jax import config_checks, train
+from sine_jax import config_checks, run_config, train
 from sine_jax.data import dataset
 from sine_jax.errors import ConfigError, DataError
 
@@ -34,6 +35,13 @@ def test_bad_fields_are_named_with_allowed_values(field, value, message):
 def test_shipped_configs_are_valid():
     for module in (default, synthetic, movielens):
         config_checks.validate(module.get_config(), num_devices=8)
+    tuned = movielens.get_config("tuned")
+    config_checks.validate(tuned, num_devices=8)
+    paper = movielens.get_config()
+    assert paper == movielens.get_config("paper") and paper.model.input_table is None
+    changed = [k for k, v in run_config.flatten(json.loads(tuned.to_json())).items()
+               if run_config.flatten(json.loads(paper.to_json()))[k] != v]
+    assert changed == ["model.input_table"]  # the tuned preset's whole difference
 
 
 def test_unknown_data_format_is_rejected(tmp_path):

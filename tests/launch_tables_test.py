@@ -214,6 +214,12 @@ def test_category_nmi_perfect_constant_and_chance():
     assert counted["nmi"] == pytest.approx(1.0)
 
 
+def test_entropy_of_one_hot_uniform_and_mixed_rows():
+    rows = np.array([[1.0, 0.0, 0.0, 0.0], [0.25] * 4, [0.5, 0.5, 0.0, 0.0]])
+    np.testing.assert_allclose(prototypes.entropy(rows), [0.0, np.log(4), np.log(2)])
+    assert prototypes.entropy(rows.reshape(3, 1, 4)).shape == (3, 1)
+
+
 def test_selection_usage_of_a_collapsed_an_even_and_a_mixed_pool():
     collapsed = prototypes.selection_usage(np.array([[3, 1]] * 50), num_prototypes=8)
     assert collapsed == {"users": 50, "selected": 2, "num_prototypes": 8,
@@ -280,6 +286,11 @@ def test_prototypes_report_of_a_trained_run(tiny_run, capsys):
     with open(os.path.join(tiny_run, "concepts.md")) as f:
         text = f.read()
     assert f"{usage['selected']} of 10 prototypes selected" in text
+    entropy = report["entropy"]
+    assert entropy["uniform"] == pytest.approx(np.log(4))
+    for name in ("assignment", "interest_weights"):
+        assert 0.0 <= entropy[name] <= entropy["uniform"] + 1e-9
+    assert f"of P(k|t) (eq 3) over real positions: {entropy['assignment']:.3f}" in text
     for concept in report["concepts"]:
         assert len(concept["items"]) == 5
         assert f"## Prototype {concept['prototype']} (nearest to {concept['nearest_to']}" in text

@@ -191,6 +191,18 @@ def test_cli_reports_a_missing_data_file_in_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("spec, message", [
+    ("configs/nope.py", "error: --config=configs/nope.py: no such file configs/nope.py"),
+    ("configs/movielens.py:best", "error: --config=configs/movielens.py:best: ValueError: "
+                                  "preset 'best': expected one of paper, tuned"),
+])
+def test_cli_reports_a_bad_config_file_in_one_line(tmp_path, spec, message):
+    proc = _cli(f"--config={spec}", f"--workdir={tmp_path}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == message
+    assert not os.listdir(tmp_path)
+
+
 def test_cli_eval_mode_reproduces_training_results(tmp_path):
     config_args = [
         "--config=configs/synthetic.py",
