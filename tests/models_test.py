@@ -79,3 +79,16 @@ def test_every_model_learns_the_synthetic_data(name, popularity, tmp_path):
     assert results["config"]["model"]["name"] == name
     assert os.path.exists(tmp_path / "results.json")
     assert results["test"]["HR@10"] > popularity + 0.05
+
+
+@pytest.mark.parametrize("overrides", [{"preset": "official"}, {"input_table": "separate"}])
+def test_sine_presets_beyond_the_paper_learn_the_synthetic_data(overrides, popularity, tmp_path):
+    """The reference code's preset (lambda = 0 with it) and the tuned preset's separate input
+    table train end to end (dense updates) and beat popularity."""
+    config = _tiny("sine")
+    config.model.update(overrides)
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert {k: results["config"]["model"][k] for k in overrides} == overrides
+    assert results["test"]["HR@10"] > popularity + 0.05
+    if "preset" in overrides:
+        assert train.cov_weight(config) == 0.0
