@@ -54,3 +54,18 @@ def test_placeholder_switches_compare_by_value(tmp_path):
     config.model.assignment = "cosine"
     with pytest.raises(SineError, match="model.assignment: None -> 'cosine'"):
         run_config.check_or_record(config, str(tmp_path), allow_change=False)
+
+
+def test_a_switch_added_since_the_run_started_resumes_while_unset(tmp_path):
+    """A workdir recorded before model.input_table existed resumes with it unset (None keeps
+    the old behaviour), and not with it set."""
+    config = synthetic.get_config()
+    run_config.check_or_record(config, str(tmp_path), allow_change=False)
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    del recorded["model"]["input_table"]
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    run_config.check_or_record(config, str(tmp_path), allow_change=False)
+    (tmp_path / "config.json").write_text(json.dumps(recorded))  # recorded before it existed
+    config.model.input_table = "separate"
+    with pytest.raises(SineError, match="model.input_table: '<absent>' -> 'separate'"):
+        run_config.check_or_record(config, str(tmp_path), allow_change=False)
