@@ -95,17 +95,25 @@ def test_collect_only_writes_gains_and_the_rule_verdict(tmp_path, capsys):
             json.load(open(tmp_path / "ablations.json"))["rows"]}
     assert rows["paper"]["valid_gain"] is None
     assert rows["assignment-cosine"]["valid_gain"] == pytest.approx(0.8)
-    assert rows["official"]["valid_gain"] == pytest.approx(-2.1)  # seed 0 vs mean of 0, 1
+    assert rows["official"]["valid_gain"] == pytest.approx(-2.0)  # paired: seed 0 only
+    assert rows["official"]["gain_seeds"] == [0] and rows["assignment-cosine"]["gain_seeds"] == [0, 1]
     assert rows["official"]["done"] == 1
     text = open(tmp_path / "ablations.md").read()
     cosine_line = next(line for line in text.splitlines()
                        if line.startswith("| assignment-cosine |"))
-    assert "| +0.80 | passes here |" in cosine_line
+    assert "| +0.80 (2) | not yet: 2 of 3 seeds |" in cosine_line
     assert "20.90 ± 0.14" in cosine_line  # test HR@10 of seeds 0 and 1, percent
     official_line = next(line for line in text.splitlines() if line.startswith("| official |"))
-    assert "| -2.10 | no | 1/2 |" in official_line
+    assert "| -2.00 (1) | no | 1/2 |" in official_line
     assert "- official, seed 1: missing" in text
     assert "`model.assignment=cosine`" in text
+
+
+def test_the_rule_needs_the_gain_on_three_seeds():
+    assert ablations.verdict(None, 0) == ""
+    assert ablations.verdict(0.49, 3) == "no"
+    assert ablations.verdict(0.5, 3) == "passes here"
+    assert ablations.verdict(2.0, 1) == "not yet: 1 of 3 seeds"
 
 
 def test_ablations_refuse_a_baseline(tmp_path, capsys):
