@@ -115,8 +115,8 @@ def table_layout(config, ks: tuple[int, ...] | None = None):
     if missing:
         raise sweep.SweepError(f"column cut-off {missing[0]} is not among the runs' eval.ks "
                                f"{tuple(config.eval.ks)}: give --ks (or --set=eval.ks=...)")
-    paper = (PAPER_ML1M if config.data.format == "movielens"
-             and config.data.split == "leave_one_out" else None)
+    paper = (PAPER_ML1M if config.data.format == "movielens" and config.eval.mask_history
+             and config.data.split == "leave_one_out" else None)  # the paper's protocol only
     return tuple(ks), metric_names(config), paper
 
 

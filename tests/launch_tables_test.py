@@ -102,6 +102,8 @@ def test_markdown_columns_cells_failed_runs_and_paper_block(table_dir):
     assert ks == (10, 50) and f"| **{paper_table.PAPER_TITLE}** |" in text
     assert "| SINE | 16.34 | 7.06 | 45.79 | 13.50 | | |" in text
     assert "| SASRec | 17.34 | 7.84 | 46.01 | 13.53 | | |" in text
+    ranked = paper_table.load_config(CONFIG, ["data.format=movielens", "eval.mask_history=False"])
+    assert paper_table.table_layout(ranked)[2] is None  # the paper excluded the history
 
 
 def test_collect_only_writes_the_table_with_failed_and_missing_runs(table_dir, capsys):
