@@ -70,14 +70,7 @@ DECISION_METRIC = "HR@10"
 
 def parse_variants(text: str | None) -> list[str]:
     """'official,paper' -> ['paper', 'official'] (VARIANTS' order); None -> all of them."""
-    if text is None:
-        return list(VARIANTS)
-    names = sweep.split_values(text)
-    unknown = [name for name in names if name not in VARIANTS]
-    if unknown or len(set(names)) < len(names):
-        raise sweep.SweepError(f"--variants={text!r}: expected distinct names among "
-                               f"{', '.join(VARIANTS)}")
-    return [name for name in VARIANTS if name in names]
+    return list(VARIANTS) if text is None else sweep.parse_names(text, "--variants", VARIANTS)
 
 
 def plan(args: argparse.Namespace) -> list[sweep.Job]:

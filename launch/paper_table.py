@@ -86,12 +86,7 @@ def parse_models(text: str | None) -> list[str]:
     """'sine,pop' -> ['pop', 'sine'] (the paper's order); None -> the Table 1 models."""
     if text is None:
         return list(TABLE1_MODELS)
-    models = sweep.split_values(text)
-    unknown = [m for m in models if m not in MODEL_ORDER]
-    if unknown or len(set(models)) < len(models):
-        raise sweep.SweepError(f"--models={text!r}: expected distinct names among "
-                               f"{', '.join(MODEL_ORDER)}")
-    return sorted(models, key=MODEL_ORDER.index)
+    return sweep.parse_names(text, "--models", MODEL_ORDER)
 
 
 def parse_ks(text: str, flag: str = "--ks") -> tuple[int, ...]:

@@ -89,6 +89,14 @@ def parse_axis(text: str) -> tuple[str, list[str]]:
     return field, values
 
 
+def parse_names(text: str, flag: str, allowed) -> list[str]:
+    """'b,a' -> ['a', 'b']: distinct names among `allowed`, in `allowed`'s order."""
+    names = split_values(text)
+    if any(name not in allowed for name in names) or len(set(names)) < len(names):
+        raise SweepError(f"{flag}={text!r}: expected distinct names among {', '.join(allowed)}")
+    return [name for name in allowed if name in names]
+
+
 def parse_devices(text: str) -> list[str]:
     devices = split_values(text)
     if "" in devices:
