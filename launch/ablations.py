@@ -174,17 +174,9 @@ def markdown_table(rows: list[dict], ks: tuple[int, ...], metrics=("HR", "NDCG")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="config file[:arg], as for sine_jax.main")
-    parser.add_argument("--workdir", required=True, help="the ablation's directory")
-    parser.add_argument("--seeds", default="0,1,2", help="train.seed values (default 0,1,2)")
+    parser = paper_table.table_parser(__doc__.split("\n")[0], "the ablation's directory")
     parser.add_argument("--variants", help=f"a subset of {', '.join(VARIANTS)} (default all)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="an override for every job (repeatable)")
     parser.add_argument("--ks", help="cut-offs of the columns, e.g. 10,50 (default by data)")
-    sweep.add_slot_flags(parser)
-    parser.add_argument("--collect_only", action="store_true",
-                        help="write the table from the runs there, run nothing")
     return parser.parse_args(argv)
 
 

@@ -264,18 +264,25 @@ def header(title: str, spec: str, sets: list[str], config, seeds: list[str]) -> 
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def table_parser(description: str, workdir_help: str) -> argparse.ArgumentParser:
+    """The flags every run-and-tabulate launch script shares (paper_table, sensitivity,
+    ablations): --config, --workdir, --seeds, --set, --devices, --cpu_jobs, --collect_only."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="config file[:arg], as for sine_jax.main")
-    parser.add_argument("--workdir", required=True, help="the table's directory")
+    parser.add_argument("--workdir", required=True, help=workdir_help)
     parser.add_argument("--seeds", default="0,1,2", help="train.seed values (default 0,1,2)")
-    parser.add_argument("--models", help="model.name values (default the Table 1 models)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="an override for every job (repeatable)")
-    parser.add_argument("--ks", help="cut-offs of the columns, e.g. 10,50 (default by data)")
     sweep.add_slot_flags(parser)
     parser.add_argument("--collect_only", action="store_true",
-                        help="write the table from the runs there, run nothing")
+                        help="write the outputs from the runs there, run nothing")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = table_parser(__doc__.split("\n")[0], "the table's directory")
+    parser.add_argument("--models", help="model.name values (default the Table 1 models)")
+    parser.add_argument("--ks", help="cut-offs of the columns, e.g. 10,50 (default by data)")
     return parser.parse_args(argv)
 
 

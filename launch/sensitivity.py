@@ -141,20 +141,12 @@ def check_metric(text: str, config) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="config file[:arg], as for sine_jax.main")
-    parser.add_argument("--workdir", required=True, help="the sweep's directory")
+    parser = paper_table.table_parser(__doc__.split("\n")[0], "the sweep's directory")
     parser.add_argument("--ks_interests", default="2,4,8", help="K values (model.num_interests)")
     parser.add_argument("--prototypes", default="10,50,100,500",
                         help="L values (model.num_prototypes)")
-    parser.add_argument("--seeds", default="0,1,2", help="train.seed values (default 0,1,2)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="an override for every job (repeatable)")
     parser.add_argument("--metric", default="HR@50", help="the first panel's test metric")
     parser.add_argument("--second_metric", default="NDCG@50", help="the second panel's")
-    sweep.add_slot_flags(parser)
-    parser.add_argument("--collect_only", action="store_true",
-                        help="write the outputs from the runs there, run nothing")
     return parser.parse_args(argv)
 
 
