@@ -57,6 +57,7 @@ def _tiny(name: str):
     config.checkpoint.every_steps = 10_000  # (evaluations still checkpoint)
     config.eval.ks = (10,)
     config.eval.metric = "HR@10"
+    config.mesh.data = 1  # learning, not sharding, is tested here (step_test shards)
     return config
 
 
