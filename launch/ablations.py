@@ -100,6 +100,7 @@ def plan(args: argparse.Namespace) -> list[sweep.Job]:
                                           {**fixed, **VARIANTS[name][0], sweep.SEED_FIELD: seed})
             jobs.append(sweep.Job(name=job_name, workdir=workdir, overrides=overrides,
                                   command=command))
+    sweep.check_finished_jobs(jobs)
     return jobs
 
 

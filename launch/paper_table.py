@@ -33,8 +33,6 @@ import re
 import sys
 
 import numpy as np
-from absl import flags
-from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -68,18 +66,11 @@ PAPER_ML1M = {
 def load_config(spec: str, sets: list[str]):
     """The ConfigDict a job gets: CONFIG with the FIELD=VALUE overrides parsed as
     `python -m sine_jax.main --config=CONFIG --config.FIELD=VALUE` parses them."""
-    base = sweep.load_config(spec)  # one-line errors for the file; puts the cwd on sys.path
-    overrides = [sweep.parse_override(text, "--set") for text in sets]
-    for field, _ in overrides:
+    base = sweep.load_config(spec)
+    overrides = dict(sweep.parse_override(text, "--set") for text in sets)
+    for field in overrides:
         sweep.check_field(base, field)
-    argv = ["config", f"--config={spec}", *(f"--config.{f}={v}" for f, v in overrides)]
-    flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=argv)
-    try:
-        flag_values(argv)
-    except flags.Error as e:
-        raise sweep.SweepError(str(e).splitlines()[0]) from e
-    return flag_values.config
+    return sweep.config_from_args(spec, overrides)
 
 
 def parse_models(text: str | None) -> list[str]:

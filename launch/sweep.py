@@ -11,9 +11,12 @@ commas inside brackets stays whole: --grid='eval.ks=(10,50),(20,50)'). Job
 WORKDIR/num_interests-4_num_prototypes-50_seed-0 and writes its output to log.txt there.
 
 Rerunning the same command resumes the sweep: a job whose workdir has results.json is
-skipped, an interrupted one resumes from its checkpoints. With several GPUs visible
-(CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`; or --devices=0,1,...) one job runs per GPU at a
-time, each seeing only its GPU; on CPU --cpu_jobs jobs (default 1) run at a time. The jobs share
+skipped, an interrupted one resumes from its checkpoints. A finished job whose recorded config
+differs from what its command would train now (a preset changed, another --set) stops the
+sweep before anything runs, naming the job and the fields: its results would be stale. With
+several GPUs visible (CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`; or --devices=0,1,...) one
+job runs per GPU at a time, each seeing only its GPU; on CPU --cpu_jobs jobs (default 1) run at
+a time. The jobs share
 WORKDIR/cache (preprocessed data, unless data.cache_dir is set) and WORKDIR/jax_cache (compiled
 programs, unless JAX_COMPILATION_CACHE_DIR is set). WORKDIR/sweep.json lists every job with its
 overrides, status (done, failed, skipped or pending), test and valid metrics and wall_seconds.
@@ -34,6 +37,9 @@ import subprocess
 import sys
 import time
 from concurrent import futures
+
+from absl import flags
+from ml_collections import config_flags
 
 SEED_FIELD = "train.seed"
 _MAX_NAME_CHARS = 200
@@ -138,6 +144,20 @@ def load_config(spec: str):
         raise SweepError(str(e)) from e
 
 
+def config_from_args(spec: str, overrides: dict[str, str]):
+    """The ConfigDict of `python -m sine_jax.main --config=SPEC --config.FIELD=VALUE ...`, the
+    values parsed as the training CLI parses them."""
+    load_config(spec)  # one-line errors for the file; puts the cwd on sys.path
+    argv = ["config", f"--config={spec}", *(f"--config.{f}={v}" for f, v in overrides.items())]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=argv)
+    try:
+        flag_values(argv)
+    except flags.Error as e:
+        raise SweepError(str(e).splitlines()[0]) from e
+    return flag_values.config
+
+
 def check_field(config, field: str) -> None:
     """Raises SweepError naming `field` when the config has no such field."""
     node = config
@@ -227,7 +247,9 @@ def plan(args: argparse.Namespace) -> list[Job]:
     fixed = dict(fixed_items)
     if "data.cache_dir" not in fixed and config.data.get("cache_dir") == "":
         fixed["data.cache_dir"] = os.path.join(args.workdir, "cache")  # preprocess once
-    return make_jobs(args.config, args.workdir, axes, fixed)
+    jobs = make_jobs(args.config, args.workdir, axes, fixed)
+    check_finished_jobs(jobs)
+    return jobs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +262,35 @@ def results_path(job: Job) -> str:
 
 def is_done(job: Job) -> bool:
     return os.path.isfile(results_path(job))
+
+
+def stale_fields(job: Job) -> list[str]:
+    """'field: recorded -> now' for each field where a finished job's results.json config
+    differs from the config its command trains now (run-length fields excepted)."""
+    from sine_jax import run_config
+
+    with open(results_path(job)) as f:
+        recorded = json.load(f).get("config")
+    if recorded is None:  # not written by sine_jax.main: nothing to compare
+        return []
+    args = [arg.removeprefix("--config") for arg in job.command if arg.startswith("--config")]
+    spec = args[0].removeprefix("=")
+    overrides = dict(arg.removeprefix(".").split("=", 1) for arg in args[1:])
+    now = json.loads(config_from_args(spec, overrides).to_json())
+    old, new = run_config.flatten(recorded), run_config.flatten(now)
+    return [f"{n}: {old.get(n, '<absent>')!r} -> {new.get(n, '<absent>')!r}"
+            for n in run_config.differing_fields(recorded, now)]
+
+
+def check_finished_jobs(jobs: list[Job]) -> None:
+    """Raises SweepError when a finished job's results are stale (see `stale_fields`)."""
+    for job in jobs:
+        changed = stale_fields(job) if is_done(job) else []
+        if changed:
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            raise SweepError(f"{job.workdir} finished with another config ({', '.join(changed[:3])}"
+                             f"{more}): move that workdir away to rerun it, or give another "
+                             "--workdir")
 
 
 def last_line(path: str) -> str:

@@ -20,7 +20,7 @@ def fake_results(overrides: dict[str, str], offset: float) -> dict:
     seed = int(overrides["train.seed"])
     test = {m: offset + 0.01 * i + 0.013 * seed**2 for i, m in enumerate(METRICS)}
     return {"test": test, "valid": {m: v + 0.02 for m, v in test.items()}, "best_step": 100,
-            "config": {}, "seed": seed, "wall_seconds": 60.0 + 30 * seed}
+            "seed": seed, "wall_seconds": 60.0 + 30 * seed}
 
 
 def write_results(job: sweep.Job, results: dict) -> None:

@@ -88,6 +88,30 @@ def test_done_jobs_are_skipped_and_summarised(tmp_path):
         "wall_seconds": 12.0}
 
 
+def test_a_finished_job_with_another_config_stops_the_sweep_naming_the_fields(tmp_path):
+    args = _args("--seeds=0", f"--workdir={tmp_path}", "--set=model.num_prototypes=12",
+                 "--set=eval.ks=(10,20)")
+    [job] = sweep.plan(args)
+    recorded = json.loads(sweep.config_from_args(CONFIG, {
+        "model.num_prototypes": "12", "eval.ks": "(10,20)", "train.seed": "0",
+        "data.cache_dir": os.path.join(str(tmp_path), "cache"),
+        "train.num_epochs": "7"}).to_json())  # a run-length field: never stale
+    os.makedirs(job.workdir)
+    with open(sweep.results_path(job), "w") as f:
+        json.dump({"config": recorded}, f)
+    assert sweep.stale_fields(job) == []
+    assert sweep.plan(args) == [job]  # the same command: skipped, not refused
+
+    recorded["model"]["num_prototypes"] = 50  # as if run before the preset or the --set changed
+    recorded["model"]["assignment"] = "cosine"
+    with open(sweep.results_path(job), "w") as f:
+        json.dump({"config": recorded}, f)
+    assert sweep.stale_fields(job) == ["model.assignment: 'cosine' -> None",
+                                       "model.num_prototypes: 50 -> 12"]
+    with pytest.raises(sweep.SweepError, match=r"seed-0 finished with another config \(model"):
+        sweep.plan(args)
+
+
 def test_a_failing_job_is_reported_with_its_exit_code_and_last_log_line(tmp_path):
     command = (sys.executable, "-c", "print('step 1'); print('error: bad data'); exit(3)")
     job = sweep.Job(name="j", workdir=str(tmp_path / "j"), overrides={}, command=command)
@@ -155,3 +179,8 @@ def test_two_job_sweep_end_to_end_then_skipped_when_rerun(tmp_path):
         rerun = json.load(f)["jobs"]
     assert [e["status"] for e in rerun] == ["skipped", "skipped"]
     assert [e["test"] for e in rerun] == [e["test"] for e in entries]
+
+    changed = subprocess.run([*command, "--set=model.num_interests=2"], capture_output=True,
+                             text=True, cwd=REPO, env=env, timeout=60, check=False)
+    assert changed.returncode == 2, changed.stdout + changed.stderr
+    assert "model.num_interests: 4 -> 2" in changed.stderr and "start" not in changed.stdout
