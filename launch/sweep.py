@@ -16,12 +16,12 @@ differs from what its command would train now (a preset changed, another --set) 
 sweep before anything runs, naming the job and the fields: its results would be stale. With
 several GPUs visible (CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`; or --devices=0,1,...) one
 job runs per GPU at a time, each seeing only its GPU; on CPU --cpu_jobs jobs (default 1) run at
-a time. The jobs share
-WORKDIR/cache (preprocessed data, unless data.cache_dir is set) and WORKDIR/jax_cache (compiled
-programs, unless JAX_COMPILATION_CACHE_DIR is set). WORKDIR/sweep.json lists every job with its
-overrides, status (done, failed, skipped or pending), test and valid metrics and wall_seconds.
-Exit code: 0 when no job failed, 1 when one did, 2 for a bad argument (nothing runs),
-130 when interrupted (Ctrl-C stops the running jobs; a rerun resumes them).
+a time. The jobs share WORKDIR/cache (preprocessed data, unless data.cache_dir is set) and
+WORKDIR/jax_cache (compiled programs, unless JAX_COMPILATION_CACHE_DIR is set).
+WORKDIR/sweep.json lists every job with its overrides, status (done, failed, skipped or
+pending), test and valid metrics and wall_seconds. Exit code: 0 when no job failed, 1 when one
+did, 2 for a bad argument (nothing runs), 130 when interrupted (Ctrl-C stops the running jobs;
+a rerun resumes them).
 """
 
 import argparse
@@ -273,9 +273,9 @@ def stale_fields(job: Job) -> list[str]:
         recorded = json.load(f).get("config")
     if recorded is None:  # not written by sine_jax.main: nothing to compare
         return []
-    args = [arg.removeprefix("--config") for arg in job.command if arg.startswith("--config")]
-    spec = args[0].removeprefix("=")
-    overrides = dict(arg.removeprefix(".").split("=", 1) for arg in args[1:])
+    args = [arg for arg in job.command if arg.startswith("--config")]  # see train_command
+    spec = args[0].split("=", 1)[1]
+    overrides = dict(arg.removeprefix("--config.").split("=", 1) for arg in args[1:])
     now = json.loads(config_from_args(spec, overrides).to_json())
     old, new = run_config.flatten(recorded), run_config.flatten(now)
     return [f"{n}: {old.get(n, '<absent>')!r} -> {new.get(n, '<absent>')!r}"
