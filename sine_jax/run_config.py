@@ -81,6 +81,37 @@ def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     ]
 
 
+def check_model_matches(config: config_dict.ConfigDict, workdir: str) -> None:
+    """Refuses to restore WORKDIR's checkpoints into a model other than the one it trained.
+
+    Only `model.*` is compared with WORKDIR/config.json (nothing recorded: nothing to check):
+    evaluating or exporting may change anything else (eval.mask_history, serving.*). Without
+    this check a changed switch or preset would restore the weights it shares with the
+    trained model and silently drop the rest (Orbax restores the parameters asked for).
+
+    Raises:
+        SineError: naming the differing fields and the overrides that restore the trained
+            model; or config.json is unreadable.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SineError(f"{path}: unreadable ({e})")
+    current = json.loads(config.to_json())
+    old, new = flatten(recorded), flatten(current)
+    fields = [n for n in differing_fields(recorded, current) if n.startswith("model.")]
+    if fields:
+        fixes = " ".join(f"--config.{n}={old.get(n)}" for n in fields[:5] if n in old)
+        shown = ", ".join(f"{n}: {old.get(n, '<absent>')!r} -> {new.get(n, '<absent>')!r}"
+                          for n in fields[:5])
+        raise SineError(f"{workdir} trained another model ({shown}; {path}); restore it with "
+                        f"the model it trained: {fixes}")
+
+
 def check_or_record(config: config_dict.ConfigDict, workdir: str, *, allow_change: bool) -> None:
     """Refuses a config that differs from the workdir's recorded one; records it otherwise."""
     path = os.path.join(workdir, CONFIG_FILE)

@@ -98,7 +98,8 @@ def learning_rate_schedule(train_config, total_steps: int) -> optax.Schedule:
 
 
 def cov_weight(config: config_dict.ConfigDict) -> float:
-    """lambda of eq 11: the config's value, else 0.5 (paper preset) or 0 (official preset)."""
+    """lambda of eq 11: the config's value, else 0.5 (default and paper presets) or 0
+    (official preset)."""
     if config.loss.cov_weight is not None:
         return float(config.loss.cov_weight)
     return 0.0 if config.model.preset == "official" else 0.5
@@ -643,8 +644,10 @@ def restore_best(config: config_dict.ConfigDict, workdir: str) -> TrainedModel:
     by an earlier version) still load.
 
     Raises:
-      SineError: WORKDIR has no checkpoint, or the data cannot be read.
+      SineError: WORKDIR has no checkpoint, it trained another model (`model.*` differs from
+        its config.json), or the data cannot be read.
     """
+    run_config.check_model_matches(config, workdir)
     with _disk_errors(workdir):
         trainer = _Trainer(config, workdir)
         try:
@@ -661,6 +664,7 @@ def evaluate_checkpoint(config: config_dict.ConfigDict, workdir: str) -> dict[st
     """Validation and test metrics of the best checkpoint in WORKDIR (no training)."""
     if config.model.name == "pop":
         return _popularity_results(config, workdir)
+    run_config.check_model_matches(config, workdir)
     with _disk_errors(workdir):
         return _Trainer(config, workdir).evaluate_best()
 

@@ -69,3 +69,27 @@ def test_a_switch_added_since_the_run_started_resumes_while_unset(tmp_path):
     config.model.input_table = "separate"
     with pytest.raises(SineError, match="model.input_table: '<absent>' -> 'separate'"):
         run_config.check_or_record(config, str(tmp_path), allow_change=False)
+
+
+def test_restoring_into_another_model_is_refused(tmp_path):
+    """A workdir trained before the default preset changed: evaluating or exporting it with the
+    new default would restore only the weights both models share (eq 3's LayerNorms dropped)."""
+    config = synthetic.get_config()
+    config.model.preset = "paper"
+    run_config.check_or_record(config, str(tmp_path), allow_change=False)
+    config.eval.mask_history = False  # evaluation settings may change
+    config.serving.index = "hnsw"
+    run_config.check_model_matches(config, str(tmp_path))
+    config.model.preset = "default"
+    with pytest.raises(SineError) as err:
+        run_config.check_model_matches(config, str(tmp_path))
+    message = str(err.value)
+    assert "model.preset: 'paper' -> 'default'" in message
+    assert "--config.model.preset=paper" in message and "\n" not in message
+    run_config.check_model_matches(config, str(tmp_path / "elsewhere"))  # nothing recorded
+
+
+def test_an_unreadable_recorded_config_is_named(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(SineError, match="config.json: unreadable"):
+        run_config.check_model_matches(synthetic.get_config(), str(tmp_path))
