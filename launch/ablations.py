@@ -7,9 +7,11 @@
       --set=data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat
   python launch/ablations.py ... --collect_only   # the table from the runs there; runs nothing
 
-Each variant is the run of --config and --set with one more override (VARIANTS): `paper`
-changes nothing and is the reference row; `official` is the reference code's preset as a
-whole. Jobs run as launch/sweep.py runs them (one per GPU, else --cpu_jobs at a time), in
+Each variant is the run of --config and --set with the literal paper's model preset
+(model.preset=paper) and one more override (VARIANTS): `paper` is the reference row;
+`official` is the reference code's preset as a whole. The config's default preset is the
+paper plus the switches that passed the rule (sine_jax.model.ADOPTED): `assignment-cosine`.
+Jobs run as launch/sweep.py runs them (one per GPU, else --cpu_jobs at a time), in
 WORKDIR/VARIANT_seed-SEED; a rerun skips the finished ones. Then it writes
 
   WORKDIR/ablations.md    per variant: test HR and NDCG at 10 and 50 (mean ± std over the
@@ -35,31 +37,36 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from launch import paper_table, sweep  # noqa: E402
 
 REFERENCE = "paper"
-# name -> (the one override, what it changes); every model switch of sine_jax.model.SWITCHES
+# Every variant but `official` starts from the literal paper (model.preset=paper, whatever the
+# config's default preset is), so that the grid measures each switch against the equations as
+# printed even after a switch has become the default.
+PAPER = {"model.preset": "paper"}
+# name -> (its overrides, what it changes); every model switch of sine_jax.model.SWITCHES
 # with each value other than the paper preset's, lambda = 0, and the official preset.
 VARIANTS = {
-    REFERENCE: ({}, "nothing: the literal paper (configs' default)"),
-    "attention_hidden-512": ({"model.attention_hidden": "512"},
+    REFERENCE: (PAPER, "nothing: the literal paper"),
+    "attention_hidden-512": ({**PAPER, "model.attention_hidden": "512"},
                              "eqs 1, 4, 6: attention MLP hidden width 512 instead of D"),
-    "assignment-cosine": ({"model.assignment": "cosine"},
+    "assignment-cosine": ({**PAPER, "model.assignment": "cosine"},
                           "eq 3: cos(X_t, C_k) / 0.07 instead of LN1(X_t W3) . LN2(C_k)"),
     "interest_attention-shared_gated": (
-        {"model.interest_attention": "shared_gated"},
+        {**PAPER, "model.interest_attention": "shared_gated"},
         "eq 4: one shared MLP, logits times P(k|t), instead of per-interest W_k1, W_k2"),
-    "interest_layernorm-False": ({"model.interest_layernorm": "False"}, "eq 5: no LN3"),
-    "aggregation_attention-own": ({"model.aggregation_attention": "own"},
+    "interest_layernorm-False": ({**PAPER, "model.interest_layernorm": "False"}, "eq 5: no LN3"),
+    "aggregation_attention-own": ({**PAPER, "model.aggregation_attention": "own"},
                                   "eq 6: its own attention weights instead of eq 3's W3"),
     "aggregation_attention-own_plus_items": (
-        {"model.aggregation_attention": "own_plus_items"},
+        {**PAPER, "model.aggregation_attention": "own_plus_items"},
         "eq 6: own weights, raw item embeddings added to Xhat"),
-    "aggregation-dense_concat": ({"model.aggregation": "dense_concat"},
+    "aggregation-dense_concat": ({**PAPER, "model.aggregation": "dense_concat"},
                                  "eqs 7-8: Dense(concat[mean phi, C_apt]), no tau"),
     "positional_in_concept_attention-True": (
-        {"model.positional_in_concept_attention": "True"},
+        {**PAPER, "model.positional_in_concept_attention": "True"},
         "eqs 1, 6: positional embeddings added to the attention input"),
-    "input_table-separate": ({"model.input_table": "separate"},
+    "input_table-separate": ({**PAPER, "model.input_table": "separate"},
                              "beyond the paper: the history read from an input table of its own"),
-    "cov_weight-0": ({"loss.cov_weight": "0.0"}, "eq 11: lambda = 0 (no covariance regulariser)"),
+    "cov_weight-0": ({**PAPER, "loss.cov_weight": "0.0"},
+                     "eq 11: lambda = 0 (no covariance regulariser)"),
     "official": ({"model.preset": "official"},
                  "the reference code's preset: every switch above at its official value, "
                  "lambda = 0"),

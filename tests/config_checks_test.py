@@ -42,7 +42,8 @@ def test_shipped_configs_are_valid():
     changed = [k for k, v in run_config.flatten(json.loads(tuned.to_json())).items()
                if run_config.flatten(json.loads(paper.to_json()))[k] != v]
     # the tuned preset's whole difference
-    assert sorted(changed) == ["model.assignment", "model.input_table", "train.lr_decay"]
+    assert sorted(changed) == ["model.input_table", "train.lr_decay"]
+    assert paper.model.preset == "default"  # with the cosine assignment of eq 3
 
 
 def test_unknown_data_format_is_rejected(tmp_path):

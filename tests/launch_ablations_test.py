@@ -32,15 +32,19 @@ def test_every_model_switch_has_a_variant_for_each_non_paper_value():
                         if f.startswith("model.") and f != "model.preset"}
         if model_fields:  # a switch variant: one field, a valid value the paper does not use
             (switch, value), = model_fields.items()
-            options = model_lib.resolve_switches(model_fields)
+            options = model_lib.resolve_switches({"preset": "paper", **model_fields})
             differs = [f for f in model_lib.SWITCHES if getattr(options, f) != getattr(paper, f)]
             assert differs == [switch], name
             changed.setdefault(switch, set()).add(value)
     assert set(changed) == set(model_lib.SWITCHES)
     assert changed["attention_hidden"] == {model_lib.PRESETS["official"].attention_hidden}
     assert changed["aggregation_attention"] == {"own", "own_plus_items"}
-    assert ablations.VARIANTS["cov_weight-0"][0] == {"loss.cov_weight": "0.0"}
+    assert ablations.VARIANTS["cov_weight-0"][0] == {"model.preset": "paper",
+                                                     "loss.cov_weight": "0.0"}
     assert ablations.VARIANTS["official"][0] == {"model.preset": "official"}
+    # every other variant starts from the literal paper, not the config's default preset
+    assert all(overrides["model.preset"] == "paper"
+               for name, (overrides, _) in ablations.VARIANTS.items() if name != "official")
 
 
 def test_plan_adds_exactly_one_override_per_variant_and_the_seed(tmp_path):
@@ -50,6 +54,7 @@ def test_plan_adds_exactly_one_override_per_variant_and_the_seed(tmp_path):
         "official_seed-0", "official_seed-3"]
     by_name = {job.name: job for job in jobs}
     base = set(by_name["paper_seed-0"].command)
+    assert "--config.model.preset=paper" in base  # not the config's default preset
     cosine = set(by_name["assignment-cosine_seed-3"].command)
     assert cosine - base == {"--config.model.assignment=cosine", "--config.train.seed=3",
                              f"--workdir={tmp_path}/assignment-cosine_seed-3"}

@@ -725,7 +725,14 @@ def test_official_preset_runs_jitted(rng):
 
 
 def test_resolve_switches():
-    assert model_lib.resolve_switches(_model_config()) == model_lib.SineOptions()
+    assert model_lib.resolve_switches(_model_config()) == model_lib.SineOptions()  # paper
+    # the default preset (also when none is named): the printed equations with the adopted
+    # deviations, and only those
+    unnamed = _model_config()
+    del unnamed["preset"]
+    default_options = model_lib.resolve_switches(unnamed)
+    assert default_options == model_lib.resolve_switches(_model_config(preset="default"))
+    assert default_options == dataclasses.replace(model_lib.SineOptions(), assignment="cosine")
     assert (
         model_lib.resolve_switches(_model_config(preset="official"))
         == model_lib.PRESETS["official"]
@@ -765,7 +772,7 @@ def test_build_model_uses_config():
         ({"embed_dim": 0}, "model.embed_dim=0 must be an integer >= 1"),
         ({"num_prototypes": 0}, "model.num_prototypes=0 must be an integer >= 1"),
         ({"name": "mind"}, "model.name='mind' must be one of ('sine', 'sine_cate', 'sine_label')"),
-        ({"preset": "tf"}, "model.preset='tf' must be one of ('paper', 'official')"),
+        ({"preset": "tf"}, "model.preset='tf' must be one of ('default', 'paper', 'official')"),
         ({"assignment": "dot"}, "model.assignment='dot' must be one of ('layernorm', 'cosine')"),
         ({"interest_attention": "x"}, "model.interest_attention='x' must be one of"),
         ({"aggregation_attention": "x"}, "model.aggregation_attention='x' must be one of"),

@@ -106,7 +106,10 @@ def test_sparse_equals_dense_adam_when_every_row_is_touched():
     ]  # fmt: skip
     (dense_losses, dense_params, *_), (lazy_losses, lazy_params, *_) = runs
     np.testing.assert_allclose(lazy_losses, dense_losses, rtol=1e-6)
-    _assert_params_close(lazy_params, dense_params, rtol=1e-5, atol=1e-7)
+    # atol: Adam divides each gradient by its own scale, so a rounding difference in a
+    # near-zero gradient (w3, used only by eq 6 under the default preset) moves that entry by
+    # a fraction of one step (lr 1e-3); 1e-6 is a thousandth of a step.
+    _assert_params_close(lazy_params, dense_params, rtol=1e-5, atol=1e-6)
 
 
 def test_sparse_updates_leave_untouched_rows_exactly_unchanged():
