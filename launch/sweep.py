@@ -277,9 +277,7 @@ def stale_fields(job: Job) -> list[str]:
     spec = args[0].split("=", 1)[1]
     overrides = dict(arg.removeprefix("--config.").split("=", 1) for arg in args[1:])
     now = json.loads(config_from_args(spec, overrides).to_json())
-    old, new = run_config.flatten(recorded), run_config.flatten(now)
-    return [f"{n}: {old.get(n, '<absent>')!r} -> {new.get(n, '<absent>')!r}"
-            for n in run_config.differing_fields(recorded, now)]
+    return run_config.changes(recorded, now, run_config.differing_fields(recorded, now))
 
 
 def check_finished_jobs(jobs: list[Job]) -> None:

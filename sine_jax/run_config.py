@@ -81,6 +81,25 @@ def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     ]
 
 
+def changes(old: dict[str, Any], new: dict[str, Any], fields: list[str]) -> list[str]:
+    """'field: old -> new' (values as repr, '<absent>' where missing) for each of `fields`."""
+    old_flat, new_flat = flatten(old), flatten(new)
+    return [f"{n}: {old_flat.get(n, '<absent>')!r} -> {new_flat.get(n, '<absent>')!r}"
+            for n in fields]
+
+
+def read_recorded(workdir: str) -> dict[str, Any] | None:
+    """WORKDIR/config.json (None when absent). Raises SineError when it is unreadable."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise SineError(f"{path}: unreadable ({e}); remove it to start this workdir afresh")
+
+
 def check_model_matches(config: config_dict.ConfigDict, workdir: str) -> None:
     """Refuses to restore WORKDIR's checkpoints into a model other than the one it trained.
 
@@ -93,41 +112,29 @@ def check_model_matches(config: config_dict.ConfigDict, workdir: str) -> None:
         SineError: naming the differing fields and the overrides that restore the trained
             model; or config.json is unreadable.
     """
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    recorded = read_recorded(workdir)
+    if recorded is None:
         return
-    try:
-        with open(path) as f:
-            recorded = json.load(f)
-    except (OSError, ValueError) as e:
-        raise SineError(f"{path}: unreadable ({e})")
     current = json.loads(config.to_json())
-    old, new = flatten(recorded), flatten(current)
-    fields = [n for n in differing_fields(recorded, current) if n.startswith("model.")]
+    fields = [n for n in differing_fields(recorded, current) if n.startswith("model.")][:5]
     if fields:
-        fixes = " ".join(f"--config.{n}={old.get(n)}" for n in fields[:5] if n in old)
-        shown = ", ".join(f"{n}: {old.get(n, '<absent>')!r} -> {new.get(n, '<absent>')!r}"
-                          for n in fields[:5])
-        raise SineError(f"{workdir} trained another model ({shown}; {path}); restore it with "
-                        f"the model it trained: {fixes}")
+        old = flatten(recorded)
+        fixes = " ".join(f"--config.{n}={old[n]}" for n in fields if n in old)
+        shown = ", ".join(changes(recorded, current, fields))
+        raise SineError(f"{workdir} trained another model ({shown}; "
+                        f"{os.path.join(workdir, CONFIG_FILE)}); restore it with the model it "
+                        f"trained: {fixes}")
 
 
 def check_or_record(config: config_dict.ConfigDict, workdir: str, *, allow_change: bool) -> None:
     """Refuses a config that differs from the workdir's recorded one; records it otherwise."""
     path = os.path.join(workdir, CONFIG_FILE)
     new = json.loads(config.to_json())
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                old = json.load(f)
-        except (OSError, ValueError) as e:
-            raise SineError(f"{path}: unreadable ({e}); remove it to start this workdir afresh")
+    old = read_recorded(workdir)
+    if old is not None:
         fields = differing_fields(old, new)
         if fields and not allow_change:
-            shown = ", ".join(
-                f"{n}: {flatten(old).get(n, '<absent>')!r} -> {flatten(new).get(n, '<absent>')!r}"
-                for n in fields[:5]
-            )
+            shown = ", ".join(changes(old, new, fields[:5]))
             more = f" and {len(fields) - 5} more" if len(fields) > 5 else ""
             raise SineError(
                 f"{workdir} was started with another config ({shown}{more}); use a new "
