@@ -35,6 +35,7 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from concurrent import futures
 
@@ -388,15 +389,18 @@ def run_job(job: Job, env: dict[str, str]) -> int:
 
 
 class Progress:
-    """One line per event, prefixed with the time since the sweep started."""
+    """One line per event, prefixed with the time since the sweep started; whole lines even
+    when several job threads print at once."""
 
     def __init__(self, total: int):
         self.start, self.total = time.monotonic(), total
+        self.lock = threading.Lock()
 
     def print(self, index: int, text: str) -> None:
         elapsed = int(time.monotonic() - self.start)
         clock = f"{elapsed // 3600:02d}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}"
-        print(f"[{clock}] {index + 1}/{self.total} {text}", flush=True)
+        with self.lock:
+            print(f"[{clock}] {index + 1}/{self.total} {text}", flush=True)
 
 
 def run_sweep(jobs: list[Job], devices: list[str | None], sweep_dir: str) -> list[dict]:
