@@ -416,14 +416,17 @@ def run_sweep(jobs: list[Job], devices: list[str | None], sweep_dir: str) -> lis
     for device in devices:
         free_devices.put(device)
 
-    def run_on_a_free_device(index: int) -> tuple[int, int, float]:
+    def run_on_a_free_device(index: int) -> tuple[int, dict]:
         device = free_devices.get()
         try:
             where = "CPU" if device is None else f"GPU {device}"
             progress.print(index, f"start {jobs[index].name} on {where}")
             start = time.monotonic()
             returncode = run_job(jobs[index], job_environment(sweep_dir, device))
-            return index, returncode, time.monotonic() - start
+            entry = job_entry(jobs[index], "done" if returncode == 0 else "failed", returncode)
+            # printed before the device is free again, so before the next job's start line
+            progress.print(index, finish_line(entry, time.monotonic() - start))
+            return index, entry
         finally:
             free_devices.put(device)
 
@@ -432,11 +435,8 @@ def run_sweep(jobs: list[Job], devices: list[str | None], sweep_dir: str) -> lis
         running = [pool.submit(run_on_a_free_device, index) for index in pending]
         try:
             for future in futures.as_completed(running):
-                index, returncode, seconds = future.result()
-                entries[index] = job_entry(jobs[index], "done" if returncode == 0 else "failed",
-                                           returncode)
+                index, entries[index] = future.result()
                 write_json_atomic(summary_path, {"jobs": entries})
-                progress.print(index, finish_line(entries[index], seconds))
         finally:
             pool.shutdown(cancel_futures=True)  # on Ctrl-C: start nothing more
     return entries

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -159,7 +160,9 @@ def test_two_job_sweep_end_to_end_then_skipped_when_rerun(tmp_path):
     first = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env,
                            timeout=300, check=False)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "start seed-0 on CPU" in first.stdout and "done seed-1" in first.stdout
+    events = re.findall(r"^\[[0-9:]+\] \d/2 (start|done) (seed-\d)", first.stdout, re.M)
+    assert events == [("start", "seed-0"), ("done", "seed-0"), ("start", "seed-1"),
+                      ("done", "seed-1")], first.stdout  # one CPU slot: one job at a time
     with open(tmp_path / "sweep.json") as f:
         entries = json.load(f)["jobs"]
     assert [(e["name"], e["status"]) for e in entries] == [("seed-0", "done"), ("seed-1", "done")]
