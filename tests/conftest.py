@@ -1,14 +1,26 @@
-"""Test set-up: 8 fake CPU devices before JAX starts; flags parsed for grain/absl."""
+"""Test set-up: 8 fake CPU devices before JAX starts; flags parsed for grain/absl; one
+compilation cache for the whole suite."""
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
+# Many tests train the same tiny model (in process, in the CLI subprocesses they start, on
+# every xdist worker): a persistent cache shared by all of them compiles each program once.
+# Entries are keyed by the program, the devices and the JAX version, so a stale entry is
+# never used; an unreadable one (a process killed while writing it) is recompiled with a
+# warning. Programs that compile in under a second are not cached (JAX's default).
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "sine_jax_tests_jax_cache")
+)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+# A pytest plugin may have imported JAX before the variables above were set.
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 flags.FLAGS.mark_as_parsed()
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared")
