@@ -17,7 +17,11 @@ NUM_ITEMS = 300
 def _config(**overrides):
     config = synthetic.get_config()
     config.model.embed_dim = 16
-    config.model.num_interests = 2
+    # K = 4, not 2: at K = 2 eq 7's softmax is one-hot for every user of these batches at
+    # init (tau = 0.1 on LayerNorm-scaled vectors), so the gradients of the aggregation
+    # branch (W4, LN4, W3, the eq 1 attention behind the gate) are rounding noise, which
+    # Adam scales up to learning-rate-sized steps and no tolerance can compare.
+    config.model.num_interests = 4
     config.model.num_prototypes = 8
     config.model.max_seq_len = 6
     config.train.batch_size = 16
@@ -58,11 +62,24 @@ def _train(config, batches, num_items=NUM_ITEMS, devices=None):
 _NO_GRADIENT = "['norm2']['bias']"
 
 
-def _assert_params_close(a, b, **tol):
+def _assert_params_close(a, b, *, rtol, atol, strays=0.0, stray_atol=0.0):
+    """Every leaf of `a` close to `b`, except that a fraction `strays` of a leaf's entries
+    may differ by up to `stray_atol`.
+
+    Adam divides each gradient entry by its own running scale, so an entry whose gradient is
+    at rounding level (a row sampled once as a negative with a near-zero weight) takes a
+    step of up to the learning rate in a direction that rounding decides; a sum taken in
+    another order (over shards) can flip it. Such entries are rare; a real difference
+    between two steps (a missing collective, a wrong shard) moves whole rows or leaves.
+    """
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
         name = jax.tree_util.keystr(path)
-        if _NO_GRADIENT not in name:
-            np.testing.assert_allclose(x, y, err_msg=name, **tol)
+        if _NO_GRADIENT in name:
+            continue
+        x, y = np.asarray(x), np.asarray(y)
+        far = np.abs(x - y) > atol + rtol * np.abs(y)
+        assert far.sum() <= strays * x.size, f"{name}: {far.sum()} of {x.size} entries differ"
+        np.testing.assert_allclose(x[far], y[far], rtol=0, atol=stray_atol, err_msg=name)
 
 
 @pytest.mark.parametrize("sparse", [False, True])
@@ -78,7 +95,9 @@ def test_every_mesh_shape_gives_the_single_device_step(sparse):
                          mesh__shard_prototypes=(data, model) == (2, 4))
         losses, params, (setup, state), step_fn = _train(config, batches)
         np.testing.assert_allclose(losses, ref_losses, rtol=2e-5, err_msg=f"{data}x{model}")
-        _assert_params_close(params, ref_params, rtol=1e-4, atol=1e-5)
+        lr_steps = config.train.learning_rate * len(batches)  # Adam: about lr per step at most
+        _assert_params_close(params, ref_params, rtol=1e-4, atol=1e-5,
+                             strays=1e-3, stray_atol=lr_steps)
         table = state.params["item_embedding"][...]
         assert table.sharding.spec == P("model", None)
         assert table.addressable_shards[0].data.shape[0] == setup.table_rows // model
@@ -106,10 +125,9 @@ def test_sparse_equals_dense_adam_when_every_row_is_touched():
     ]  # fmt: skip
     (dense_losses, dense_params, *_), (lazy_losses, lazy_params, *_) = runs
     np.testing.assert_allclose(lazy_losses, dense_losses, rtol=1e-6)
-    # atol: Adam divides each gradient by its own scale, so a rounding difference in a
-    # near-zero gradient (w3, used only by eq 6 under the default preset) moves that entry by
-    # a fraction of one step (lr 1e-3); 1e-6 is a thousandth of a step.
-    _assert_params_close(lazy_params, dense_params, rtol=1e-5, atol=1e-6)
+    # The paths differ only in rounding (the table's gradient is summed in another order):
+    # a few float32 ulps after 4 steps; a tenth of an Adam step (lr 1e-3) would fail.
+    _assert_params_close(lazy_params, dense_params, rtol=1e-6, atol=1e-7)
 
 
 def test_sparse_updates_leave_untouched_rows_exactly_unchanged():
