@@ -64,11 +64,13 @@ def aggregate(runs: list[dict], ks_interests: tuple[int, ...],
 
 
 def cell_text(cell: dict, metric: str) -> str:
+    """'mean ± std' in percent; '(done/planned)' after it when some seeds did not finish."""
     if cell["skipped"]:
         return "— (K > L)"
     if not cell["done"]:
         return paper_table.status_cell(cell)
-    return paper_table.format_cell(cell["test"].get(metric))
+    text = paper_table.format_cell(cell["test"].get(metric))
+    return text if not cell["not_done"] else f"{text} ({cell['done']}/{len(cell['seeds'])})"
 
 
 def markdown_tables(cells: list[dict], ks_interests, prototypes, metrics) -> str:

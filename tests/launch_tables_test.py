@@ -180,6 +180,8 @@ def test_sensitivity_skips_k_above_l_and_writes_the_heatmap(tmp_path, capsys):
     text = (tmp_path / "sensitivity.md").read_text()
     assert "## test HR@50 (%)" in text and "## test NDCG@50 (%)" in text
     assert "| 8 | — (K > L) |" in text
+    k4_row = next(line for line in text.splitlines() if line.startswith("| 4 |"))
+    assert k4_row.endswith(" (1/2) |")  # the cell with a missing seed says so
     assert "- K=4, L=10, seed 1: missing" in text
     summary = json.loads((tmp_path / "sensitivity.json").read_text())
     assert len(summary["runs"]) == 10 and summary["metrics"] == ["HR@50", "NDCG@50"]
