@@ -63,7 +63,8 @@ def category_nmi(assign: np.ndarray, categories: np.ndarray, *,
     """NMI between assign [M] (cluster ids) and categories [M] (-1 = unknown, left out).
 
     Returns {"nmi", "chance_nmi" (mean over `permutations` random permutations of the
-    assignment), "chance_nmi_std", "items_scored", "items_without_category"}.
+    assignment), "chance_nmi_std", "items_scored", "items_without_category", "categories" (how
+    many distinct categories the scored items have: chance NMI grows with it)}.
     """
     from sklearn.metrics import normalized_mutual_info_score
 
@@ -76,7 +77,8 @@ def category_nmi(assign: np.ndarray, categories: np.ndarray, *,
     return {"nmi": float(normalized_mutual_info_score(truth, assign,
                                                       average_method="arithmetic")),
             "chance_nmi": float(np.mean(chance)), "chance_nmi_std": float(np.std(chance)),
-            "items_scored": int(known.sum()), "items_without_category": int((~known).sum())}
+            "items_scored": int(known.sum()), "items_without_category": int((~known).sum()),
+            "categories": int(np.unique(truth).size)}
 
 
 def selection_usage(prototype_ids: np.ndarray, num_prototypes: int) -> dict:
@@ -194,7 +196,8 @@ def concepts_markdown(report: dict) -> str:
              (f"NMI between each item's nearest prototype (cosine) and its category: "
               f"{nmi['nmi']:.4f} (chance {nmi['chance_nmi']:.4f}, the mean of "
               f"{CHANCE_PERMUTATIONS} permutations of the assignment); {nmi['items_scored']} "
-              f"items scored, {nmi['items_without_category']} without a category; "
+              f"items in {nmi['categories']} categories scored, "
+              f"{nmi['items_without_category']} without a category; "
               f"{report['prototypes_used']} of {report['num_prototypes']} prototypes are some "
               "item's nearest."), "",
              (f"Prototype usage over {usage['users']} users' test histories (eq 2's top-"

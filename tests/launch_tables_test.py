@@ -215,6 +215,7 @@ def test_category_nmi_perfect_constant_and_chance():
     categories[:7] = -1
     counted = prototypes.category_nmi(categories, categories)
     assert counted["items_without_category"] == 7 and counted["items_scored"] == 1993
+    assert counted["categories"] == len(np.unique(categories[7:]))
     assert counted["nmi"] == pytest.approx(1.0)
 
 
