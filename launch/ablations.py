@@ -10,7 +10,7 @@
 Each variant is the run of --config and --set with the literal paper's model preset
 (model.preset=paper) and one more override (VARIANTS): `paper` is the reference row;
 `official` is the reference code's preset as a whole. The config's default preset is the
-paper plus the switches that passed the rule (sine_jax.model.ADOPTED): `assignment-cosine`.
+paper plus the switches that passed the rule (sine_jax.models.sine.ADOPTED): `assignment-cosine`.
 Jobs run as launch/sweep.py runs them (one per GPU, else --cpu_jobs at a time), in
 WORKDIR/VARIANT_seed-SEED; a rerun skips the finished ones. Then it writes
 
@@ -41,7 +41,7 @@ REFERENCE = "paper"
 # config's default preset is), so that the grid measures each switch against the equations as
 # printed even after a switch has become the default.
 PAPER = {"model.preset": "paper"}
-# name -> (its overrides, what it changes); every model switch of sine_jax.model.SWITCHES
+# name -> (its overrides, what it changes); every model switch of sine_jax.models.sine.SWITCHES
 # with each value other than the paper preset's, lambda = 0, and the official preset.
 VARIANTS = {
     REFERENCE: (PAPER, "nothing: the literal paper"),

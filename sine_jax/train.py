@@ -37,6 +37,7 @@ from sine_jax.data import dataset as dataset_lib
 from sine_jax.data import pipeline
 from sine_jax.errors import SineError
 from sine_jax.metric_writer import MetricWriter
+from sine_jax.models import layers
 
 
 @flax.struct.dataclass
@@ -184,7 +185,7 @@ def create_train_state(
 
     abstract_model = nnx.eval_shape(build)  # validates the model config, allocates nothing
     graphdef, _, _ = nnx.split(abstract_model, nnx.Param, ...)
-    # The model's fixed arrays (`models.Constant`), made for real; XLA drops the parameters.
+    # The model's fixed arrays (`layers.Constant`), made for real; XLA drops the parameters.
     rest = jax.jit(lambda: nnx.split(build(), nnx.Param, ...)[2])()
 
     def init():
@@ -279,7 +280,7 @@ def train_step(
         user_vectors = model.encode(history_idx)  # [B, D] or [B, K, D]
         rows_c = model.item_embedding[...]
         if user_vectors.ndim == 3:  # multi-interest: the interest nearest each target
-            user_vectors = models.label_aware_readout(user_vectors, rows_c[target_idx])
+            user_vectors = layers.label_aware_readout(user_vectors, rows_c[target_idx])
         if full:
             like = losses.full_softmax_loss(user_vectors, rows_c, target, num_items)
         else:

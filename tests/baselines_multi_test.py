@@ -1,4 +1,4 @@
-"""Tests of the multi-interest baselines MIND, ComiRec-SA and MCPRN (sine_jax/baselines)."""
+"""Tests of the multi-interest baselines MIND, ComiRec-SA and MCPRN (sine_jax/models)."""
 
 import functools
 
@@ -10,12 +10,12 @@ import pytest
 from flax import nnx
 
 from configs import default
-from sine_jax.baselines.comirec_sa import ComiRecSA
-from sine_jax.baselines.mcprn import MCPRN
-from sine_jax.baselines.mind import MIND, dynamic_routing
 from sine_jax.errors import ConfigError
 from sine_jax.losses import full_softmax_loss
-from sine_jax.models import Constant, label_aware_readout
+from sine_jax.models.comirec_sa import ComiRecSA
+from sine_jax.models.layers import Constant, label_aware_readout
+from sine_jax.models.mcprn import MCPRN
+from sine_jax.models.mind import MIND, dynamic_routing
 
 D, N, K, M, B = 8, 5, 3, 30, 4
 CLASSES = [MIND, ComiRecSA, MCPRN]

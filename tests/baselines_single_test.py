@@ -1,4 +1,4 @@
-"""Tests for the single-query baselines GRU4Rec, Caser and SASRec (sine_jax.baselines)."""
+"""Tests for the single-query baselines GRU4Rec, Caser and SASRec (sine_jax.models)."""
 
 import functools
 
@@ -10,11 +10,11 @@ import pytest
 from flax import nnx
 
 from configs import default as default_config
-from sine_jax.baselines import caser as caser_lib
-from sine_jax.baselines import gru4rec as gru4rec_lib
-from sine_jax.baselines import sasrec as sasrec_lib
 from sine_jax.errors import ConfigError
 from sine_jax.losses import full_softmax_loss
+from sine_jax.models import caser as caser_lib
+from sine_jax.models import gru4rec as gru4rec_lib
+from sine_jax.models import sasrec as sasrec_lib
 
 B, N, D, M = 4, 5, 8, 30
 R = M + 3  # table rows: 2 pad rows past M, as when the table is split over devices

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from launch import ablations, learning_curve, sweep
-from sine_jax import model as model_lib
+from sine_jax.models import sine as model_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "synthetic.py")

@@ -11,6 +11,7 @@ from flax import nnx
 from configs import default, synthetic
 from sine_jax import models, train
 from sine_jax.errors import ConfigError
+from sine_jax.models import layers
 
 
 def test_label_aware_readout_picks_the_interest_nearest_the_target():
@@ -18,10 +19,10 @@ def test_label_aware_readout_picks_the_interest_nearest_the_target():
     interests = rng.normal(size=(5, 3, 4)).astype(np.float32)
     targets = rng.normal(size=(5, 4)).astype(np.float32)
     want = interests[np.arange(5), np.argmax(np.einsum("bkd,bd->bk", interests, targets), 1)]
-    got = models.label_aware_readout(jnp.asarray(interests), jnp.asarray(targets))
+    got = layers.label_aware_readout(jnp.asarray(interests), jnp.asarray(targets))
     np.testing.assert_allclose(got, want)
     # The gradient reaches the chosen interest only.
-    grad = jax.grad(lambda x: models.label_aware_readout(x, jnp.asarray(targets)).sum())(
+    grad = jax.grad(lambda x: layers.label_aware_readout(x, jnp.asarray(targets)).sum())(
         jnp.asarray(interests)
     )
     chosen = np.argmax(np.einsum("bkd,bd->bk", interests, targets), 1)

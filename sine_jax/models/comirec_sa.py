@@ -19,7 +19,7 @@ Choices (the authors' code where the paper is silent):
 * H = `model.comirec_sa.attention_hidden`, 0 meaning 4 D (the code's `hidden_size * 4`).
 * An all-padding history gives zero interests (the masked softmax returns zeros).
 
-Initialization: item table by `model.init_item_table`; P, W1, W2 Glorot-uniform; b1 zero.
+Initialization: item table by `layers.init_item_table`; P, W1, W2 Glorot-uniform; b1 zero.
 """
 
 import functools
@@ -28,8 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sine_jax.model import init_item_table, masked_softmax, project_items
-from sine_jax.models import require_int
+from sine_jax.models.layers import init_item_table, masked_softmax, project_items, require_int
 
 # ---------------------------------------------------------------------------------------------
 # Pure functions.
@@ -82,9 +81,6 @@ def _init_values(
         "attention_b1": jnp.zeros((hidden,)),
         "attention_w2": glorot(keys[3], (hidden, k)),
     }
-
-
-
 
 class ComiRecSA(nnx.Module):
     """ComiRec-SA user encoder: K interests per user.

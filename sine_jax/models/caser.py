@@ -1,8 +1,8 @@
 """Caser (Tang & Wang, WSDM 2018): convolutions over the history's embedding matrix.
 
 Shape legend: B batch, n history length (the convolutions see the last L <= n), D embedding
-dim, F_h horizontal filters per height, F_v vertical filters, M items. Histories are left-padded with the padding id 0 (most recent
-item at n - 1); `mask` is `history > 0` [B, n].
+dim, F_h horizontal filters per height, F_v vertical filters, M items. Histories are
+left-padded with the padding id 0 (most recent item at n - 1); `mask` is `history > 0` [B, n].
 
 The n x D matrix of the last n item embeddings is an image:
   * horizontal filters of every height h = 1..n (F_h each, h x D), ReLU, max-pooled over the
@@ -32,8 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sine_jax.errors import ConfigError
-from sine_jax.model import init_item_table
-from sine_jax.models import require_int
+from sine_jax.models.layers import init_item_table, require_int
 
 # ---------------------------------------------------------------------------------------------
 # Pure functions.
@@ -122,8 +121,6 @@ def caser_query(
 
 # ---------------------------------------------------------------------------------------------
 # Module.
-
-
 
 
 def _horizontal_kernel(key: jax.Array, n: int, d: int, filters: int) -> jax.Array:

@@ -27,7 +27,7 @@ session routed to each purpose,
 (an all-padding history gives w = 0 and v = 0). The paper's choices left open here (the
 exact mixing weights, GRU variant, biases) take the simplest reading above.
 
-Initialization: item table by `model.init_item_table`; P and each channel's input and
+Initialization: item table by `layers.init_item_table`; P and each channel's input and
 recurrent kernels [D, 3D] Glorot-uniform; biases zero.
 """
 
@@ -38,8 +38,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sine_jax.errors import ConfigError
-from sine_jax.model import init_item_table, project_items
-from sine_jax.models import require_int
+from sine_jax.models.layers import init_item_table, project_items, require_int
 
 # ---------------------------------------------------------------------------------------------
 # Pure functions.
@@ -147,9 +146,6 @@ def _init_values(
         "psru_w_hidden": stacked(keys[3], (k, d, 3 * d)),
         "psru_bias": jnp.zeros((k, 3 * d)),
     }
-
-
-
 
 class MCPRN(nnx.Module):
     """MCPRN user encoder: one query per user.

@@ -1,4 +1,4 @@
-"""Tests for sine_jax.model: each equation against a numpy reference written from the paper."""
+"""Tests for sine_jax.models.sine (and layers.masked_softmax): each equation against a numpy reference written from the paper."""
 
 import dataclasses
 import functools
@@ -11,8 +11,9 @@ from absl import logging
 from flax import nnx
 from ml_collections import config_dict
 
-from sine_jax import model as model_lib
 from sine_jax.errors import ConfigError
+from sine_jax.models import layers
+from sine_jax.models import sine as model_lib
 
 B, N, D, K, L, M = 4, 5, 8, 2, 6, 20
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -312,12 +313,12 @@ def inputs(rng):
 def test_masked_softmax_matches_reference_and_zeroes_all_masked_rows(rng):
     logits = _rand(rng, 4, 6, scale=3.0)
     mask = np.array([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1], [0] * 6], bool)
-    got = np.asarray(model_lib.masked_softmax(jnp.asarray(logits), jnp.asarray(mask)))
+    got = np.asarray(layers.masked_softmax(jnp.asarray(logits), jnp.asarray(mask)))
     want = np.stack([np_masked_softmax_1d(l_, m_) for l_, m_ in zip(logits, mask)])
     np.testing.assert_allclose(got, want, **TOL)
     assert np.all(got[3] == 0.0)
     # Gradient of an all-masked row is finite (zero), not NaN.
-    grad = jax.grad(lambda z: model_lib.masked_softmax(z, jnp.asarray(mask)).sum())(
+    grad = jax.grad(lambda z: layers.masked_softmax(z, jnp.asarray(mask)).sum())(
         jnp.asarray(logits)
     )
     assert np.all(np.isfinite(np.asarray(grad)))

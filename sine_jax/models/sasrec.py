@@ -32,8 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sine_jax.errors import ConfigError
-from sine_jax.model import init_item_table, masked_softmax
-from sine_jax.models import require_int
+from sine_jax.models.layers import init_item_table, masked_softmax, require_int
 
 # LayerNorm epsilon of the authors' `normalize`.
 LAYER_NORM_EPS = 1e-8
@@ -179,8 +178,6 @@ def sasrec_sequence(
 
 # ---------------------------------------------------------------------------------------------
 # Module.
-
-
 
 
 _KERNELS = ("q_kernel", "k_kernel", "v_kernel", "ffn_kernel1", "ffn_kernel2")

@@ -29,10 +29,10 @@ Choices where the paper leaves a detail open (ComiRec's code unless said otherwi
   Columns are aligned to the most recent item (column max_seq_len - 1 = position n - 1).
 * R = `model.mind.routing_iterations` (3 in MIND and ComiRec). The squash's 1e-9 keeps it
   finite at z = 0 (an all-padding history gives v = 0).
-* Label-aware attention at training is `models.label_aware_readout` (ComiRec's hard readout);
+* Label-aware attention at training is `layers.label_aware_readout` (ComiRec's hard readout);
   at evaluation an item scores max_k q_k . h.
 
-Initialization: the item table by `model.init_item_table`; S and the projection kernel
+Initialization: the item table by `layers.init_item_table`; S and the projection kernel
 Glorot-uniform; the projection bias zero.
 """
 
@@ -42,8 +42,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sine_jax.model import init_item_table, project_items
-from sine_jax.models import Constant, require_int
+from sine_jax.models.layers import Constant, init_item_table, project_items, require_int
 
 SQUASH_EPS = 1e-9  # ComiRec's epsilon inside the squash's square root
 
@@ -123,9 +122,6 @@ def _init_values(
         "proj_bias": jnp.zeros((d,)),
         "routing_logits": jax.random.truncated_normal(keys[3], -2.0, 2.0, (k, n)),
     }
-
-
-
 
 class MIND(nnx.Module):
     """MIND user encoder: K interest capsules per user.

@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sine_jax.model import init_item_table
-from sine_jax.models import require_int
+from sine_jax.models.layers import init_item_table, require_int
 
 # Gate order of the stacked weights: reset, update, candidate.
 NUM_GATES = 3
@@ -92,9 +91,6 @@ def gru_last_state(
 
 # ---------------------------------------------------------------------------------------------
 # Module.
-
-
-
 
 class GRU4Rec(nnx.Module):
     """GRU4Rec user encoder: the last state of a GRU (hidden size D) over the history.

@@ -1,0 +1,98 @@
+"""The user encoders, one module each, and the registry `config.model.name` picks from.
+
+  layers.py      what every model shares (item table start, masked softmax, readout)
+  sine.py        SINE, eqs 1-8 of the paper, and its ablations SINE-cate and SINE-label
+  gru4rec.py  caser.py  sasrec.py  mind.py  mcprn.py  comirec_sa.py   the baselines
+
+An encoder is an `nnx.Module` with
+  * `item_embedding`: nnx.Param [R, D], the item table (row 0 = padding, rows past M = pad
+    rows), shared by the input and the output side, started by `layers.init_item_table`;
+  * `encode(history int32 [B, n]) -> [B, D]` one query per user, or `[B, K, D]` for the
+    multi-interest retrievers (mind, comirec_sa, sine_label): at training the interest
+    closest to the target is used (`layers.label_aware_readout`), at inference each interest
+    retrieves items and the lists are merged by score, i.e. an item scores max_k q_k . h.
+Histories are left-padded with 0 (most recent item at n - 1); an encoder reads the table
+through `self.item_embedding` only (the train step may swap in the rows a batch touches).
+
+`pop` has no encoder: it ranks by training counts (`evaluate.popularity_encode`).
+"""
+
+from collections.abc import Callable
+
+import numpy as np
+from flax import nnx
+
+from sine_jax.errors import ConfigError
+from sine_jax.models import caser, comirec_sa, gru4rec, mcprn, mind, sasrec, sine
+from sine_jax.models.layers import require_int
+
+# (model_config, num_items, rngs, *, table_rows, item_categories) -> the encoder.
+Builder = Callable[..., nnx.Module]
+
+
+def _baseline(encoder: type[nnx.Module]) -> Builder:
+    """The builder of a baseline: checks the shared fields, then `encoder(...)`."""
+
+    def build(model_config, num_items: int, rngs: nnx.Rngs, *, table_rows: int | None,
+              item_categories: np.ndarray | None) -> nnx.Module:
+        del item_categories  # SINE-cate's only
+        for field in ("embed_dim", "max_seq_len", "num_interests"):
+            require_int(field, model_config.get(field), 1)
+        table_rows = num_items + 1 if table_rows is None else table_rows
+        return encoder(
+            num_items=num_items, table_rows=table_rows, model_config=model_config, rngs=rngs
+        )
+
+    return build
+
+
+# name -> builder of the trained encoders; `pop` is the untrained floor.
+ENCODERS: dict[str, Builder] = {
+    "gru4rec": _baseline(gru4rec.GRU4Rec),
+    "caser": _baseline(caser.Caser),
+    "sasrec": _baseline(sasrec.SASRec),
+    "mind": _baseline(mind.MIND),
+    "mcprn": _baseline(mcprn.MCPRN),
+    "comirec_sa": _baseline(comirec_sa.ComiRecSA),
+    **{name: sine.build_model for name in sine.SINE_NAMES},
+}
+MODEL_NAMES = ("pop", *ENCODERS)
+# Encoders that read every row of the item table each step (SINE-cate's category prototypes
+# average it), so they cannot train on the gathered rows of row-sparse Adam.
+WHOLE_TABLE_MODELS = ("sine_cate",)
+
+
+def dense_table_reason(model_config) -> str | None:
+    """Why row-sparse item updates cannot train this model (None when they can): it reads the
+    whole item table each step, or it looks the history up in a second table of its own."""
+    name = model_config.get("name", "sine")
+    if name in WHOLE_TABLE_MODELS:
+        return "it reads the whole item table each step"
+    if name in sine.SINE_NAMES and model_config.get("input_table") == "separate":
+        return "model.input_table='separate' looks the history up in a second table"
+    return None
+
+
+def build_model(
+    model_config, num_items: int, rngs: nnx.Rngs, *, table_rows: int | None = None,
+    item_categories: np.ndarray | None = None,
+) -> nnx.Module:
+    """Validates `config.model` and builds the encoder it names.
+
+    Args:
+        model_config: `config.model`.
+        num_items: M, the number of real items (ids 1..M).
+        rngs: parameter RNG streams.
+        table_rows: rows of the item table, >= M + 1 (default M + 1; see `sine.build_model`).
+        item_categories: int [M + 1] each item's category (-1 = none), for SINE-cate.
+
+    Raises:
+        ConfigError: an unknown name (or `pop`, which has no encoder) or a bad field.
+    """
+    name = model_config.get("name", "sine")
+    if name not in ENCODERS:
+        hint = "; 'pop' ranks by popularity and builds no model" if name == "pop" else ""
+        raise ConfigError(f"model.name={name!r} must be one of {tuple(ENCODERS)}{hint}")
+    return ENCODERS[name](
+        model_config, num_items, rngs, table_rows=table_rows, item_categories=item_categories
+    )

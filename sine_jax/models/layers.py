@@ -1,0 +1,97 @@
+"""What every model shares: the item table's start, masked softmax, projected item rows, the
+label-aware readout of multi-interest retrievers, fixed arrays and config checks.
+
+Shape legend: B batch, n history length, K interests, D embedding dim, R item-table rows
+(R >= M + 1; row 0 and rows past M are padding), M items.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sine_jax.errors import ConfigError
+
+
+class Constant(nnx.Variable):
+    """A fixed array of a model (e.g. MIND's routing-logit start, SINE-cate's item categories):
+    never trained nor checkpointed; rebuilt from the config, the seed and the data."""
+
+
+def require_int(field: str, value, minimum: int) -> int:
+    """`value` if it is an integer >= minimum, else ConfigError naming model.<field>."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"model.{field}={value!r} must be an integer >= {minimum}")
+    return value
+
+
+def init_item_table(key: jax.Array, num_items: int, table_rows: int, embed_dim: int) -> jax.Array:
+    """The item table [R, D]: Glorot-uniform over the M + 1 real rows (fans M + 1 and D), row 0
+    (padding) zero, then zero rows up to R (the same values whatever R).
+
+    Every model (SINE and the baselines) starts its table this way.
+    """
+    limit = math.sqrt(6.0 / (num_items + 1 + embed_dim))
+    table = jax.random.uniform(key, (num_items + 1, embed_dim), minval=-limit, maxval=limit)
+    return jnp.pad(table.at[0].set(0.0), ((0, table_rows - num_items - 1), (0, 0)))
+
+
+def masked_softmax(logits: jax.Array, mask: jax.Array, axis: int = -1) -> jax.Array:
+    """Softmax over `axis` restricted to `mask`; masked entries get probability 0.
+
+    A row whose entries are all masked returns zeros (never NaN): masked logits are replaced
+    by the dtype's most negative finite value before the softmax, and zeroed after it.
+
+    Args:
+        logits: [..., N, ...] scores.
+        mask: boolean, broadcastable to `logits`; True = valid entry.
+        axis: the axis to normalise over.
+
+    Returns:
+        Probabilities, shape of `logits`, summing to 1 over `axis` (0 for all-masked rows).
+    """
+    mask = jnp.broadcast_to(mask, logits.shape)
+    masked = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    return jnp.where(mask, jax.nn.softmax(masked, axis=axis), 0.0)
+
+
+def project_items(table: jax.Array, ids: jax.Array, w: jax.Array) -> jax.Array:
+    """table[ids] @ w with row 0 (padding) read as zeros, for a weight w [D, ...] acting on
+    the last axis of the rows.
+
+    Exact either way; when the table has fewer rows than `ids` has entries, every row is
+    projected once and the products are gathered (a 3,706-item table against a batch of
+    1,024 x 20 positions: 5.5x fewer FLOPs, forward and backward).
+
+    Args:
+        table: [R, D] item rows.
+        ids: int [...] row indices.
+        w: [D, *F] weights (e.g. [D, H] or, for K stacked MLPs, [D, K, H]).
+
+    Returns:
+        [*ids.shape, *F].
+    """
+    flat = w.reshape(w.shape[0], -1)  # [D, F]
+    if isinstance(ids.size, int) and table.shape[0] < ids.size:  # (not for a symbolic batch)
+        rows = jnp.arange(table.shape[0])[:, None]
+        out = jnp.take(jnp.where(rows > 0, table @ flat, 0.0), ids, axis=0)
+    else:
+        out = jnp.where(ids[..., None] > 0, jnp.take(table, ids, axis=0), 0.0) @ flat
+    return out.reshape(*ids.shape, *w.shape[1:])
+
+
+def label_aware_readout(interests: jax.Array, target_rows: jax.Array) -> jax.Array:
+    """MIND's label-aware attention with p -> infinity (as ComiRec's public code): each example
+    is scored by the interest whose dot product with its target embedding is largest.
+
+    Args:
+        interests: [B, K, D].
+        target_rows: [B, D] the targets' item embeddings.
+
+    Returns:
+        [B, D] the chosen interest per example (its gradient flows to that interest only).
+    """
+    scores = jnp.einsum("bkd,bd->bk", interests, target_rows)
+    chosen = jnp.argmax(jax.lax.stop_gradient(scores), axis=-1)  # [B]
+    return jnp.take_along_axis(interests, chosen[:, None, None], axis=1)[:, 0]
