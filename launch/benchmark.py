@@ -179,16 +179,15 @@ def run_benchmark(config, *, num_items: int, steps: int, warmup: int,
                   trace_dir: str | None = None, pipeline_seconds: float = 0.0) -> dict:
     """Times the train step of `config`; returns the results dict (see the module docstring)."""
     import jax
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
 
-    from sine_jax import config_checks, train
+    from sine_jax import config_checks, sharding, step
 
-    config_checks.validate(config)
-    mesh = train.make_mesh(config)
-    setup, state = train.create_train_state(config, num_items, mesh, total_steps=10**6)
-    step_fn = train.make_step_fn(setup, config)
-    batches = synthetic_batches(config, num_items, NamedSharding(mesh, P("data")))
+    config_checks.check_config(config)
+    mesh = sharding.make_mesh(config)
+    model = step.split_model(config, num_items, mesh)
+    context, state = step.create_train_state(config, model, total_steps=10**6)
+    step_fn = step.make_step_fn(context, config)
+    batches = synthetic_batches(config, num_items, sharding.batch_sharding(mesh))
 
     start = time.perf_counter()
     compiled = step_fn.lower(state, batches[0]).compile()
@@ -248,8 +247,8 @@ def run_benchmark(config, *, num_items: int, steps: int, warmup: int,
         "mesh": dict(mesh.shape),
         "batch_size": batch_size,
         "num_items": num_items,
-        "table_rows": setup.table_rows,
-        "sparse_item_updates": setup.sparse,
+        "table_rows": model.table_rows,
+        "sparse_item_updates": context.sparse,
         "loss_name": config.loss.name,
         "compute_dtype": config.train.compute_dtype,
         "shapes": {

@@ -110,11 +110,10 @@ def encode_users(trained, max_seq_len: int, split: str = "test", batch_size: int
     entropy of P(k|t), eq 3), "weight_entropy" (mean entropy of e, eq 7; None for SINE-label)},
     entropies in nats (log K at most)."""
     import jax
-    from flax import nnx
 
     from sine_jax.data import pipeline
 
-    model = nnx.merge(trained.setup.graphdef, trained.params, trained.setup.rest)
+    model = trained.model.merge(trained.params)
 
     @jax.jit
     def encode(history):

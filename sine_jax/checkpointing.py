@@ -1,4 +1,5 @@
-"""Orbax checkpoints of the train state, the grain iterator and the early-stopping record.
+"""Orbax checkpoints of the train state, the grain iterator and the early-stopping record;
+early stopping itself.
 
 Layout: `WORKDIR/checkpoints/<step>/` with three items: `state` (the TrainState pytree),
 `data` (the grain iterator state) and `progress` (JSON: best validation metric, best step,
@@ -13,8 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 import grain
-from absl import logging
 import orbax.checkpoint as ocp
+from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
 from sine_jax.errors import SineError
@@ -27,6 +28,27 @@ class Progress:
     best_metric: float = float("-inf")
     best_step: int = -1
     evals_without_improvement: int = 0
+
+
+class EarlyStopping:
+    """Stops after `patience` validations without a new best (0 = never); its `record` is
+    what every checkpoint saves, so a resumed run stops where the uninterrupted one would."""
+
+    def __init__(self, patience: int, record: Progress | None = None):
+        self.patience = patience
+        self.record = Progress() if record is None else record
+
+    def update(self, step: int, metric: float) -> bool:
+        """Records the validation `metric` of `step`; True when training should stop."""
+        if metric > self.record.best_metric:
+            self.record = Progress(metric, step, 0)
+        else:
+            self.record.evals_without_improvement += 1
+        return self.should_stop
+
+    @property
+    def should_stop(self) -> bool:
+        return bool(self.patience) and self.record.evals_without_improvement >= self.patience
 
 
 def _best_marker(metrics: dict[str, Any]) -> float:
@@ -162,6 +184,18 @@ class Checkpointer:
             ),
         )
         return restored["state"]["params"]
+
+    def restore_best_params(self, abstract_params: Any) -> tuple[int, Any]:
+        """(best step, its parameters) onto the shardings of `abstract_params`; nothing else
+        of the train state is read (no optimizer state, no data iterator).
+
+        Raises:
+            SineError: no checkpoint records a best step.
+        """
+        best_step = self.best_step()
+        if best_step is None or best_step < 0:
+            raise SineError(f"{self.directory}: no checkpoint to restore; train first")
+        return best_step, self.restore_params(best_step, abstract_params)
 
     def wait(self) -> None:
         with self._write_errors():

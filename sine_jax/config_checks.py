@@ -1,16 +1,17 @@
-"""Validation of a config before anything is built or compiled: one-line ConfigErrors."""
+"""Checks of a config before anything is built or compiled: one-line ConfigErrors."""
 
 import jax
 from ml_collections import config_dict
 
+from sine_jax.data import dataset
 from sine_jax.errors import ConfigError
 from sine_jax.models import MODEL_NAMES, dense_table_reason
+from sine_jax.sharding import mesh_shape
 
 LOSS_NAMES = ("sampled_softmax", "full_softmax")
 LR_DECAYS = ("constant", "cosine")
 ON_BAD_ROW = ("error", "skip")
 ON_NONFINITE = ("stop", "skip")
-SPLITS = ("leave_one_out", "held_out_users")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
@@ -24,37 +25,13 @@ def _at_least(value, field: str, minimum) -> None:
         raise ConfigError(f"{field}={value} must be >= {minimum}")
 
 
-def mesh_shape(config: config_dict.ConfigDict, num_devices: int) -> tuple[int, int]:
-    """(data, model) axis sizes from mesh.data (-1 = the devices left) and mesh.model."""
-    model = config.mesh.model
-    if not isinstance(model, int) or model < 1 or num_devices % model:
-        raise ConfigError(
-            f"mesh.model={model} does not fit the {num_devices} visible device(s): use a "
-            f"divisor of {num_devices}"
-        )
-    data = config.mesh.data
-    if data == -1:
-        return num_devices // model, model
-    if data < 1 or num_devices % (data * model):
-        raise ConfigError(
-            f"mesh.data={data} x mesh.model={model} does not fit the {num_devices} visible "
-            f"device(s): use mesh.data=-1 or sizes whose product divides {num_devices}"
-        )
-    return data, model
-
-
-def data_axis_size(config: config_dict.ConfigDict, num_devices: int) -> int:
-    """Devices on the 'data' mesh axis, checked against the devices."""
-    return mesh_shape(config, num_devices)[0]
-
-
-def validate(config: config_dict.ConfigDict, num_devices: int | None = None) -> None:
+def check_config(config: config_dict.ConfigDict, num_devices: int | None = None) -> None:
     """Raises ConfigError naming the first bad field and its allowed values."""
     num_devices = jax.device_count() if num_devices is None else num_devices
     _choice(config.model.name, "model.name", MODEL_NAMES)
     _choice(config.data.on_bad_row, "data.on_bad_row", ON_BAD_ROW)
     _choice(config.loss.name, "loss.name", LOSS_NAMES)
-    _choice(config.data.split, "data.split", SPLITS)
+    dataset.check_split(config.data.split)
     _choice(config.train.lr_decay, "train.lr_decay", LR_DECAYS)
     _choice(config.train.on_nonfinite, "train.on_nonfinite", ON_NONFINITE)
     _choice(config.train.compute_dtype, "train.compute_dtype", COMPUTE_DTYPES)
@@ -98,7 +75,7 @@ def validate(config: config_dict.ConfigDict, num_devices: int | None = None) -> 
     names = ("Recall", "NDCG", "HitRate") if held_out else ("HR", "NDCG")
     allowed_metrics = tuple(f"{m}@{k}" for m in names for k in config.eval.ks)
     _choice(config.eval.metric, "eval.metric", allowed_metrics)
-    data_size = data_axis_size(config, num_devices)
+    data_size, _ = mesh_shape(config, num_devices)
     if config.train.batch_size % data_size:
         raise ConfigError(
             f"train.batch_size={config.train.batch_size} is not divisible by the {data_size} "

@@ -1,4 +1,4 @@
-"""Full-ranking evaluation (DESIGN.md section 5): encode users on device, rank all items.
+"""Full-ranking evaluation: encode users on device, rank all items.
 
 Shapes: U users evaluated, B users per batch, n history length, H exclusion-list length,
 D dim, M items.
@@ -10,12 +10,11 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from sine_jax import metrics
+from sine_jax import metrics, sharding
 
-EncodeFn = Callable[[object, jax.Array], tuple[jax.Array, jax.Array]]
+# (params, history [B, n]) -> (queries [B, D] or [B, K, D], item table [R, D]).
+QueriesAndTableFn = Callable[[object, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 def _table_sharded(mesh: jax.sharding.Mesh) -> bool:
@@ -24,7 +23,7 @@ def _table_sharded(mesh: jax.sharding.Mesh) -> bool:
 
 
 def make_rank_fn(
-    encode: EncodeFn,
+    queries_and_table: QueriesAndTableFn,
     mesh: jax.sharding.Mesh,
     *,
     mask_history: bool,
@@ -33,9 +32,10 @@ def make_rank_fn(
 ) -> Callable:
     """Jitted (params, history [B, n], target [B], exclude [B, H]) -> ranks int32 [B].
 
-    `encode(params, history)` returns (user vectors [B, D], item table [R, D]); rows after
-    `num_items` (M) are pad rows, never ranked. On a mesh with a 'model' axis of size > 1 the
-    table's rows are split over it (`metrics.sharded_target_ranks`); the ranks are the same.
+    `queries_and_table(params, history)` returns (user vectors [B, D], item table [R, D]);
+    rows after `num_items` (M) are pad rows, never ranked. On a mesh with a 'model' axis of
+    size > 1 the table's rows are split over it (`metrics.sharded_target_ranks`); the ranks
+    are the same.
     """
     ranks = (
         functools.partial(metrics.sharded_target_ranks, mesh=mesh)
@@ -43,18 +43,18 @@ def make_rank_fn(
     )
 
     def rank_fn(params, history, target, exclude):
-        user_vectors, item_table = encode(params, history)
+        user_vectors, item_table = queries_and_table(params, history)
         return ranks(
             user_vectors, item_table, target, exclude if mask_history else None,
             num_items=num_items, chunk_size=chunk_size,
         )
 
     # Replicated outputs: every process can read them (multi-host runs).
-    return jax.jit(rank_fn, out_shardings=NamedSharding(mesh, P()))
+    return jax.jit(rank_fn, out_shardings=sharding.replicated(mesh))
 
 
 def make_top_fn(
-    encode: EncodeFn,
+    queries_and_table: QueriesAndTableFn,
     mesh: jax.sharding.Mesh,
     *,
     k: int,
@@ -64,8 +64,9 @@ def make_top_fn(
 ) -> Callable:
     """Jitted (params, history [B, n], exclude [B, H]) -> the k best items int32 [B, k].
 
-    `encode` and `num_items` as `make_rank_fn`; on a mesh with a 'model' axis of size > 1 the
-    table's rows are split over it (`metrics.sharded_top_items`); the lists are the same.
+    `queries_and_table` and `num_items` as `make_rank_fn`; on a mesh with a 'model' axis of
+    size > 1 the table's rows are split over it (`metrics.sharded_top_items`); the lists are
+    the same.
     """
     top = (
         functools.partial(metrics.sharded_top_items, mesh=mesh)
@@ -73,13 +74,13 @@ def make_top_fn(
     )
 
     def top_fn(params, history, exclude):
-        user_vectors, item_table = encode(params, history)
+        user_vectors, item_table = queries_and_table(params, history)
         return top(
             user_vectors, item_table, exclude if mask_history else None,
             k=k, num_items=num_items, chunk_size=chunk_size,
         )
 
-    return jax.jit(top_fn, out_shardings=NamedSharding(mesh, P()))
+    return jax.jit(top_fn, out_shardings=sharding.replicated(mesh))
 
 
 def _batched(
@@ -91,7 +92,7 @@ def _batched(
     The last batch is padded (zeros; a padded `target` is 1) so every call has the same
     shapes (one compile); padded rows are dropped from the result.
     """
-    batch_sharding = NamedSharding(mesh, P("data"))
+    batch_sharding = sharding.batch_sharding(mesh)
     num_users = len(arrays[names[0]])
     outputs = []
     for start in range(0, num_users, batch_size):
@@ -141,8 +142,10 @@ def evaluate(
     return metrics.multi_target_metrics(top, arrays["targets"], ks)
 
 
-def popularity_encode(counts: jax.Array, history: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The popularity ranking as an `EncodeFn` (params = the training counts [R] as float):
+def popularity_queries_and_table(
+    counts: jax.Array, history: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """The popularity ranking as a `QueriesAndTableFn` (params = the training counts [R] as float):
     every user's query is 1 [B, 1] against the one-column table of counts [R, 1], so an item
     scores its count (the `pop` floor of every table; ties count against the target)."""
     ones = jnp.ones((history.shape[0], 1), counts.dtype)

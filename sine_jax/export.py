@@ -32,7 +32,8 @@ import numpy as np
 from flax import nnx
 from ml_collections import config_dict
 
-from sine_jax import serving, train
+from sine_jax import serving, step, train
+from sine_jax import workdir as workdir_lib
 from sine_jax.data import pipeline
 from sine_jax.errors import ConfigError
 
@@ -40,7 +41,7 @@ PLATFORMS = ("cpu", "cuda")
 ENCODER_OUTPUTS = ("user_vector", "interests", "interest_weights", "prototype_ids", "assignment")
 
 
-def encoder_function(setup: train.Setup, params: nnx.State) -> Callable:
+def encoder_function(model: step.SplitModel, params: nnx.State) -> Callable:
     """(item_embeddings [M, D], history int32 [B, n]) -> the encoder outputs (a dict).
 
     Every parameter but the item table is a constant of the function; the table (the big
@@ -55,19 +56,18 @@ def encoder_function(setup: train.Setup, params: nnx.State) -> Callable:
         pad = jnp.zeros((1, item_embeddings.shape[1]), item_embeddings.dtype)
         values = [jnp.asarray(c) for c in constants]
         values[table_index] = jnp.concatenate([pad, item_embeddings])  # [M + 1, D]
-        model = nnx.merge(setup.graphdef, jax.tree.unflatten(treedef, values), setup.rest)
-        encoding = model(history)._asdict()
+        encoding = model.merge(jax.tree.unflatten(treedef, values))(history)._asdict()
         return {name: encoding[name] for name in ENCODER_OUTPUTS}
 
     return encode
 
 
 def export_encoder(
-    setup: train.Setup, params: nnx.State, *, num_items: int, embed_dim: int, max_seq_len: int
+    model: step.SplitModel, params: nnx.State, *, num_items: int, embed_dim: int, max_seq_len: int
 ) -> jax.export.Exported:
     """The encoder for any batch size (symbolic `b`), lowered for `PLATFORMS`."""
     (batch,) = jax.export.symbolic_shape("b")
-    return jax.export.export(jax.jit(encoder_function(setup, params)), platforms=PLATFORMS)(
+    return jax.export.export(jax.jit(encoder_function(model, params)), platforms=PLATFORMS)(
         jax.ShapeDtypeStruct((num_items, embed_dim), jnp.float32),
         jax.ShapeDtypeStruct((batch, max_seq_len), jnp.int32),
     )
@@ -161,13 +161,13 @@ def _write_files(
         if data.item_categories is not None:
             names = data.category_names
             categories = [names[c] if c >= 0 else None for c in data.item_categories[1:]]
-        train.write_json_atomic(
+        workdir_lib.write_json_atomic(
             os.path.join(tmp, "item_metadata.json"), {"titles": titles, "categories": categories}
         )
         files["item_metadata"] = {"path": "item_metadata.json"}
 
     encoder = export_encoder(
-        trained.setup, params, num_items=num_items, embed_dim=dim, max_seq_len=n
+        trained.model, params, num_items=num_items, embed_dim=dim, max_seq_len=n
     )
     with open(os.path.join(tmp, "encoder.jax"), "wb") as f:
         f.write(encoder.serialize())
@@ -219,9 +219,9 @@ def _write_files(
         "best_step": trained.best_step,
         "metrics": _run_metrics(workdir),
         "config": config.to_dict(),
-        "environment": train.environment(),
+        "environment": workdir_lib.environment(),
     }
-    train.write_json_atomic(os.path.join(tmp, serving.MANIFEST), manifest)
+    workdir_lib.write_json_atomic(os.path.join(tmp, serving.MANIFEST), manifest)
     return manifest
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from ml_collections import config_dict
 
 from sine_jax.errors import ConfigError, SineError
+from sine_jax.workdir import write_json_atomic
 
 CONFIG_FILE = "config.json"
 RESUMABLE_FIELDS = (
@@ -128,7 +129,6 @@ def check_model_matches(config: config_dict.ConfigDict, workdir: str) -> None:
 
 def check_or_record(config: config_dict.ConfigDict, workdir: str, *, allow_change: bool) -> None:
     """Refuses a config that differs from the workdir's recorded one; records it otherwise."""
-    path = os.path.join(workdir, CONFIG_FILE)
     new = json.loads(config.to_json())
     old = read_recorded(workdir)
     if old is not None:
@@ -140,7 +140,4 @@ def check_or_record(config: config_dict.ConfigDict, workdir: str, *, allow_chang
                 f"{workdir} was started with another config ({shown}{more}); use a new "
                 f"--workdir, or pass --allow_config_change to resume with the new values"
             )
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(new, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    write_json_atomic(os.path.join(workdir, CONFIG_FILE), new)

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from configs import amazon, default, movielens, synthetic, taobao, ularge
-from sine_jax import config_checks, run_config, train
+from sine_jax import config_checks, run_config, step
 from sine_jax.data import dataset
 from sine_jax.errors import ConfigError, DataError
 
@@ -28,15 +28,15 @@ def test_bad_fields_are_named_with_allowed_values(field, value, message):
     section, name = field.split(".")
     config[section][name] = value
     with pytest.raises(ConfigError) as err:
-        config_checks.validate(config, num_devices=1)
+        config_checks.check_config(config, num_devices=1)
     assert str(err.value).startswith(message)
 
 
 def test_shipped_configs_are_valid():
     for module in (default, synthetic, movielens):
-        config_checks.validate(module.get_config(), num_devices=8)
+        config_checks.check_config(module.get_config(), num_devices=8)
     tuned = movielens.get_config("tuned")
-    config_checks.validate(tuned, num_devices=8)
+    config_checks.check_config(tuned, num_devices=8)
     paper = movielens.get_config()
     assert paper == movielens.get_config("paper") and paper.model.input_table is None
     changed = [k for k, v in run_config.flatten(json.loads(tuned.to_json())).items()
@@ -62,7 +62,7 @@ def test_large_dataset_presets_read_their_formats(tmp_path, preset):
 
 
 def _learning_rates(config, total_steps, steps):
-    tx = optax.adam(train.learning_rate_schedule(config.train, total_steps))
+    tx = optax.adam(step.learning_rate_schedule(config.train, total_steps))
     params = {"w": jnp.zeros(())}
     state = tx.init(params)
     rates = []
@@ -95,9 +95,9 @@ def test_sparse_updates_refused_where_the_rows_of_one_table_are_not_enough(name,
     config.model.update(extra)
     config.train.sparse_item_updates = True
     with pytest.raises(ConfigError, match=message):
-        config_checks.validate(config, num_devices=1)
+        config_checks.check_config(config, num_devices=1)
     config.train.sparse_item_updates = None  # the default then keeps dense updates
-    config_checks.validate(config, num_devices=1)
-    assert not train.uses_sparse_updates(config, num_items=4_000_000)
+    config_checks.check_config(config, num_devices=1)
+    assert not step.uses_sparse_updates(config, num_items=4_000_000)
     config.model.name, config.model.input_table = "sine", None
-    assert train.uses_sparse_updates(config, num_items=4_000_000)
+    assert step.uses_sparse_updates(config, num_items=4_000_000)

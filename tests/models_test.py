@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from configs import default, synthetic
-from sine_jax import models, train
+from sine_jax import models, step, train
 from sine_jax.errors import ConfigError
 from sine_jax.models import layers
 
@@ -93,4 +93,4 @@ def test_sine_presets_beyond_the_paper_learn_the_synthetic_data(overrides, popul
     assert {k: results["config"]["model"][k] for k in overrides} == overrides
     assert results["test"]["HR@10"] > popularity + 0.05
     if "preset" in overrides:
-        assert train.cov_weight(config) == 0.0
+        assert step.cov_weight(config) == 0.0

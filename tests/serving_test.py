@@ -12,7 +12,6 @@ import grain
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from train_test import REPO, TINY_ARGS, tiny_config
 
 from sine_jax import checkpointing, evaluate, export, run_config, serving, train
@@ -111,7 +110,7 @@ def test_export_reloads_without_sine_jax(run, tmp_path):
     )
     np.testing.assert_array_equal(loaded["prototypes"], np.asarray(params["prototypes"][...]))
     np.testing.assert_array_equal(loaded["item_ids"], trained.data.item_raw_ids[1:])
-    user_vectors, table = train.encode(trained.setup, params, jnp.asarray(arrays["history"]))
+    user_vectors, table = trained.model.queries_and_table(params, jnp.asarray(arrays["history"]))
     np.testing.assert_allclose(loaded["user_vector"], user_vectors, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(loaded["interest_weights"].sum(-1), 1.0, rtol=1e-5)
     scores = np.asarray(user_vectors @ table[1 : num_items + 1].T)  # [U, M]
@@ -121,8 +120,8 @@ def test_export_reloads_without_sine_jax(run, tmp_path):
 
 
 def _evaluation_top_n(trained, history, exclude, top_n):
-    """Top-N original ids by the evaluation code's scores (train.encode), ties by id."""
-    user_vectors, table = train.encode(trained.setup, trained.params, jnp.asarray(history))
+    """Top-N original ids by the evaluation code's scores (`queries_and_table`), ties by id."""
+    user_vectors, table = trained.model.queries_and_table(trained.params, jnp.asarray(history))
     scores = np.array(user_vectors @ table.T)  # [U, M + 1]
     scores[:, 0] = -np.inf  # padding
     if exclude is not None:
@@ -152,14 +151,14 @@ def test_recommend_reproduces_the_evaluation_ranking(run, recommender, exclude_h
 
     # The evaluation's target ranks agree with the positions in the recommended lists.
     rank_fn = evaluate.make_rank_fn(
-        lambda p, h: train.encode(trained.setup, p, h),
-        trained.setup.mesh,
+        trained.model.queries_and_table,
+        trained.model.mesh,
         mask_history=exclude_history,
         chunk_size=64,
         num_items=trained.data.num_items,
     )
     ranks = evaluate.compute_ranks(
-        rank_fn, trained.params, arrays, batch_size=64, mesh=trained.setup.mesh
+        rank_fn, trained.params, arrays, batch_size=64, mesh=trained.model.mesh
     )
     # (The evaluation never excludes the target, even when the history holds it too.)
     repeat = np.any(arrays["exclude"] == arrays["target"][:, None], axis=1) & exclude_history
@@ -202,7 +201,7 @@ def test_explanation(run, recommender):
 def test_explanation_matches_the_model(run, recommender):
     _, trained = run
     arrays = pipeline.eval_arrays(trained.data, "valid", max_seq_len=20)
-    model = nnx.merge(trained.setup.graphdef, trained.params, trained.setup.rest)
+    model = trained.model.merge(trained.params)
     encoding = model(jnp.asarray(arrays["history"][:8]))
     results = recommender.recommend(_valid_histories(trained)[:8], explain=True)
     for b, result in enumerate(results):

@@ -1,15 +1,16 @@
 """The train step on meshes of every shape, row-sparse against dense Adam, bf16, clipping,
 one compile, and checkpoints that restore onto another mesh (8 fake CPU devices)."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from configs import synthetic
-from sine_jax import checkpointing, train
+from sine_jax import checkpointing, sharding, step
 
 NUM_ITEMS = 300
 
@@ -45,16 +46,18 @@ def _batches(config, num_items=NUM_ITEMS, steps=3, seed=0):
 
 
 def _train(config, batches, num_items=NUM_ITEMS, devices=None):
-    """(losses, final params as numpy, setup, step_fn) after the given batches."""
-    mesh = train.make_mesh(config, devices)
-    setup, state = train.create_train_state(config, num_items, mesh, total_steps=100)
-    step_fn = train.make_step_fn(setup, config)
-    sharding = NamedSharding(mesh, P("data"))
+    """(losses, final params as numpy, (step context, state), step_fn) after the batches."""
+    mesh = sharding.make_mesh(config, devices)
+    model = step.split_model(config, num_items, mesh)
+    context, state = step.create_train_state(config, model, total_steps=100)
+    step_fn = step.make_step_fn(context, config)
+    batch_sharding = sharding.batch_sharding(mesh)
     losses = []
     for batch in batches:
-        state, metrics = step_fn(state, {k: jax.device_put(v, sharding) for k, v in batch.items()})
+        batch = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
+        state, metrics = step_fn(state, batch)
         losses.append(float(metrics["loss"]))
-    return losses, jax.device_get(state.params), (setup, state), step_fn
+    return losses, jax.device_get(state.params), (context, state), step_fn
 
 
 def _assert_params_close(a, b, *, rtol, atol, strays=0.0, stray_atol=0.0):
@@ -86,14 +89,14 @@ def test_every_mesh_shape_gives_the_single_device_step(sparse):
     for data, model in [(2, 4), (1, 8)] if sparse else [(8, 1), (4, 2)]:
         config = _config(train__sparse_item_updates=sparse, mesh__data=data, mesh__model=model,
                          mesh__shard_prototypes=(data, model) == (2, 4))
-        losses, params, (setup, state), step_fn = _train(config, batches)
+        losses, params, (context, state), step_fn = _train(config, batches)
         np.testing.assert_allclose(losses, ref_losses, rtol=2e-5, err_msg=f"{data}x{model}")
         lr_steps = config.train.learning_rate * len(batches)  # Adam: about lr per step at most
         _assert_params_close(params, ref_params, rtol=1e-4, atol=1e-5,
                              strays=1e-3, stray_atol=lr_steps)
         table = state.params["item_embedding"][...]
         assert table.sharding.spec == P("model", None)
-        assert table.addressable_shards[0].data.shape[0] == setup.table_rows // model
+        assert table.addressable_shards[0].data.shape[0] == context.model.table_rows // model
         assert step_fn._cache_size() == 1  # one compile for all steps
         prototypes = state.params["prototypes"][...]
         assert prototypes.sharding.spec == (P("model", None) if config.mesh.shard_prototypes
@@ -129,7 +132,7 @@ def test_sparse_updates_leave_untouched_rows_exactly_unchanged():
         {"history": np.full((16, 6), 7, np.int32), "target": np.full(16, 9, np.int32)}
     ]  # items 7, 9 and the sampled negatives only
     _, before, _, _ = _train(config, [], devices=jax.devices()[:1])
-    _, after, (setup, state), _ = _train(config, batches, devices=jax.devices()[:1])
+    _, after, (_, state), _ = _train(config, batches, devices=jax.devices()[:1])
     table_before = before["item_embedding"][...]
     table_after = after["item_embedding"][...]
     changed = np.flatnonzero(np.any(table_after != table_before, axis=1))
@@ -142,19 +145,19 @@ def test_sparse_updates_leave_untouched_rows_exactly_unchanged():
 
 def test_sparse_updates_default_on_for_catalogues_much_larger_than_a_step():
     config = _config()
-    touched = train.touched_rows_per_step(config)  # 1 + 16 * 6 + 16 + 32 = 145
-    ratio = train.SPARSE_DEFAULT_RATIO
-    assert not train.uses_sparse_updates(config, ratio * touched - 1)
-    assert train.uses_sparse_updates(config, ratio * touched)
+    touched = step.touched_rows_per_step(config)  # 1 + 16 * 6 + 16 + 32 = 145
+    ratio = step.SPARSE_DEFAULT_RATIO
+    assert not step.uses_sparse_updates(config, ratio * touched - 1)
+    assert step.uses_sparse_updates(config, ratio * touched)
     config.loss.name = "full_softmax"
-    assert not train.uses_sparse_updates(config, 10 * touched)
+    assert not step.uses_sparse_updates(config, 10 * touched)
 
 
 def test_gradient_clipping_is_optax_clip_by_global_norm_then_adam():
     config = _config(train__grad_clip_norm=1e-3, train__sparse_item_updates=False)
     batches = list(_batches(config, steps=1))
     _, before, _, _ = _train(config, [], devices=jax.devices()[:1])
-    _, clipped, (setup, _), _ = _train(config, batches, devices=jax.devices()[:1])
+    _, clipped, _, _ = _train(config, batches, devices=jax.devices()[:1])
     # The same gradient through optax's own clip + Adam.
     unclipped_config = _config(train__sparse_item_updates=False)
     grads = _gradients(unclipped_config, batches[0])
@@ -165,11 +168,12 @@ def test_gradient_clipping_is_optax_clip_by_global_norm_then_adam():
 
 def _gradients(config, batch):
     """The step's gradient: the parameter change of one SGD step with rate 1 (no Adam)."""
-    mesh = train.make_mesh(config, jax.devices()[:1])
-    setup, state = train.create_train_state(config, NUM_ITEMS, mesh, total_steps=100)
-    sgd = train.Setup(**{**setup.__dict__, "tx": optax.sgd(-1.0)})  # params + grads
+    mesh = sharding.make_mesh(config, jax.devices()[:1])
+    model = step.split_model(config, NUM_ITEMS, mesh)
+    context, state = step.create_train_state(config, model, total_steps=100)
+    sgd = dataclasses.replace(context, tx=optax.sgd(-1.0))  # params + grads
     before = jax.device_get(state.params)
-    new_state, _ = train.make_step_fn(sgd, config)(state, batch)  # donates `state`
+    new_state, _ = step.make_step_fn(sgd, config)(state, batch)  # donates `state`
     return jax.tree.map(lambda a, b: a - b, jax.device_get(new_state.params), before)
 
 
@@ -184,16 +188,17 @@ def test_bfloat16_compute_keeps_float32_weights_and_a_close_loss():
 
 def test_checkpoint_from_a_4x2_mesh_restores_on_8x1_and_on_one_device(tmp_path):
     config = _config(mesh__data=4, mesh__model=2)
-    _, params, (setup, state), _ = _train(config, list(_batches(config, steps=2)))
+    _, params, (_, state), _ = _train(config, list(_batches(config, steps=2)))
     ckpt = checkpointing.Checkpointer(str(tmp_path), keep=2)
     ckpt.manager.save(2, args=checkpointing.ocp.args.Composite(
         state=checkpointing.ocp.args.StandardSave(state)))  # fmt: skip
     ckpt.wait()
     for data, model, devices in [(8, 1, None), (1, 1, jax.devices()[:1])]:
         other = _config(mesh__data=data, mesh__model=model)
-        mesh = train.make_mesh(other, devices)
-        other_setup, _ = train.create_train_state(other, NUM_ITEMS, mesh, total_steps=100)
-        restored = ckpt.restore_state(2, other_setup.abstract_state)
+        mesh = sharding.make_mesh(other, devices)
+        other_model = step.split_model(other, NUM_ITEMS, mesh)
+        other_context, _ = step.create_train_state(other, other_model, total_steps=100)
+        restored = ckpt.restore_state(2, other_context.abstract_state)
         _assert_params_close(jax.device_get(restored.params), params, rtol=0, atol=0)
         table = restored.params["item_embedding"][...]
         assert table.sharding.mesh.shape == {"data": data, "model": model}

@@ -9,7 +9,7 @@ import jax
 import pytest
 
 from configs import synthetic
-from sine_jax import config_checks, train
+from sine_jax import checkpointing, config_checks, step, train
 from sine_jax.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,7 +112,7 @@ def test_interrupt_and_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch
     config = tiny_config()
     reference = train.train_and_evaluate(config, str(tmp_path / "ref"))
 
-    real_make_step_fn = train.make_step_fn
+    real_make_step_fn = step.make_step_fn
 
     class Interrupted(Exception):
         pass
@@ -129,12 +129,12 @@ def test_interrupt_and_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch
         return step
 
     workdir = str(tmp_path / "resumed")
-    monkeypatch.setattr(train, "make_step_fn", dying_step_fn)
+    monkeypatch.setattr(step, "make_step_fn", dying_step_fn)
     with pytest.raises(Interrupted):
         train.train_and_evaluate(config, workdir)
-    monkeypatch.setattr(train, "make_step_fn", real_make_step_fn)
+    monkeypatch.setattr(step, "make_step_fn", real_make_step_fn)
     assert not os.path.exists(os.path.join(workdir, "results.json"))
-    assert train.checkpointing.Checkpointer(
+    assert checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=2
     ).latest_step() == 50
     resumed = train.train_and_evaluate(config, workdir)
@@ -157,15 +157,15 @@ def test_bad_configs_are_rejected_before_compiling():
     config.train.batch_size = 60
     config.mesh.data = 8
     with pytest.raises(ConfigError, match="train.batch_size=60"):
-        config_checks.validate(config, num_devices=8)
+        config_checks.check_config(config, num_devices=8)
     config = tiny_config()
     config.mesh.data = 3
     with pytest.raises(ConfigError, match="mesh.data=3"):
-        config_checks.validate(config, num_devices=8)
+        config_checks.check_config(config, num_devices=8)
     config = tiny_config()
     config.loss.name = "bpr"
     with pytest.raises(ConfigError, match="loss.name='bpr'.*sampled_softmax"):
-        config_checks.validate(config, num_devices=8)
+        config_checks.check_config(config, num_devices=8)
 
 
 def test_k_larger_than_l_is_a_config_error(tmp_path):

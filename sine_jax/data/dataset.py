@@ -210,7 +210,7 @@ def preprocess(log: readers.EventLog | readers.Interactions,
             MIN_INTERACTIONS[split] always).
         min_item_interactions: items with fewer events are dropped.
         kcore_iterative: repeat both filters until stable.
-        split: one of SPLITS.
+        split: one of SPLITS (`check_split`).
         split_seed: held_out_users: the seed of the user shuffle.
 
     Returns:
@@ -224,8 +224,6 @@ def preprocess(log: readers.EventLog | readers.Interactions,
     """
     if isinstance(log, readers.Interactions):
         log = log.to_log()
-    if split not in SPLITS:
-        raise ConfigError(f"data.split={split!r} is not allowed; allowed: {', '.join(SPLITS)}")
     codes, (users, items, timestamps) = _encode(log.events)
     min_user = max(min_user_interactions, MIN_INTERACTIONS[split])
     kept = filters.min_count_filter(users, items, len(codes.user_ids),
@@ -443,6 +441,12 @@ def format_summary(data: SequenceData) -> str:
 # --- Config ------------------------------------------------------------------------------------
 
 
+def check_split(split) -> None:
+    """Raises ConfigError unless `data.split` is one of SPLITS (the one check of that field)."""
+    if split not in SPLITS:
+        raise ConfigError(f"data.split={split!r} is not allowed; allowed: {', '.join(SPLITS)}")
+
+
 def _as_dict(config) -> dict:
     return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
@@ -458,8 +462,7 @@ def _options(config: dict) -> _Options:
         raise ConfigError(f"data.path is empty: name the interactions file for "
                           f"data.format={fmt!r}")
     split = config.get("split", "leave_one_out")
-    if split not in SPLITS:
-        raise ConfigError(f"data.split={split!r} is not allowed; allowed: {', '.join(SPLITS)}")
+    check_split(split)
     kcore = config.get("kcore_iterative", False)
     if not isinstance(kcore, bool):
         raise ConfigError(f"data.kcore_iterative={kcore!r} must be True or False")

@@ -14,7 +14,7 @@ An encoder is an `nnx.Module` with
 Histories are left-padded with 0 (most recent item at n - 1); an encoder reads the table
 through `self.item_embedding` only (the train step may swap in the rows a batch touches).
 
-`pop` has no encoder: it ranks by training counts (`evaluate.popularity_encode`).
+`pop` has no encoder: it ranks by training counts (`evaluate.popularity_queries_and_table`).
 """
 
 from collections.abc import Callable
