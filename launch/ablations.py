@@ -1,4 +1,5 @@
-"""SINE's ambiguity switches (DESIGN.md section 4), one at a time against the paper preset.
+"""SINE's ambiguity switches (`sine_jax.models.sine.SWITCHES`), one at a time against the
+paper preset.
 
   python launch/ablations.py --config=configs/movielens.py --workdir=runs/ablations_ml100k \
       --seeds=0,1,2 --cpu_jobs=2 --set=data.path=../shared/data/ml-100k/u.data
@@ -8,17 +9,18 @@
   python launch/ablations.py ... --collect_only   # the table from the runs there; runs nothing
 
 Each variant is the run of --config and --set with the literal paper's model preset
-(model.preset=paper) and one more override (VARIANTS): `paper` is the reference row;
-`official` is the reference code's preset as a whole. The config's default preset is the
-paper plus the switches that passed the rule (sine_jax.models.sine.ADOPTED): `assignment-cosine`.
-Jobs run as launch/sweep.py runs them (one per GPU, else --cpu_jobs at a time), in
-WORKDIR/VARIANT_seed-SEED; a rerun skips the finished ones. Then it writes
+(model.preset=paper) and one more override (`sine_jax.experiments.ablations.VARIANTS`):
+`paper` is the reference row; `official` is the reference code's preset as a whole. The
+config's default preset is the paper plus the switches that passed the rule
+(sine_jax.models.sine.ADOPTED): `assignment-cosine`. Jobs run as launch/sweep.py runs them
+(one per GPU, else --cpu_jobs at a time), in WORKDIR/VARIANT_seed-SEED; a rerun skips the
+finished ones. Then it writes
 
   WORKDIR/ablations.md    per variant: test HR and NDCG at 10 and 50 (mean ± std over the
                           seeds, percent), validation HR@10 and its difference from `paper`
                           (paired: the mean over the seeds both finished, their number in
-                          brackets), and whether that difference meets DESIGN.md's decision
-                          rule on this dataset (>= +0.5 points of mean validation HR@10 over 3
+                          brackets), and whether that difference meets the decision rule
+                          on this dataset (>= +0.5 points of mean validation HR@10 over 3
                           seeds; the rule asks it of both the ML-1M subset and ML-100K); runs
                           that did not finish
   WORKDIR/ablations.json  every run's metrics and the aggregates
@@ -27,196 +29,56 @@ Exit code: 0 when every job finished, 1 when one failed, 2 for a bad argument (n
 runs), 130 when interrupted (rerun to resume).
 """
 
-import argparse
 import datetime
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
 
-from launch import paper_table, sweep  # noqa: E402
-
-REFERENCE = "paper"
-# Every variant but `official` starts from the literal paper (model.preset=paper, whatever the
-# config's default preset is), so that the grid measures each switch against the equations as
-# printed even after a switch has become the default.
-PAPER = {"model.preset": "paper"}
-# name -> (its overrides, what it changes); every model switch of sine_jax.models.sine.SWITCHES
-# with each value other than the paper preset's, lambda = 0, and the official preset.
-VARIANTS = {
-    REFERENCE: (PAPER, "nothing: the literal paper"),
-    "attention_hidden-512": ({**PAPER, "model.attention_hidden": "512"},
-                             "eqs 1, 4, 6: attention MLP hidden width 512 instead of D"),
-    "assignment-cosine": ({**PAPER, "model.assignment": "cosine"},
-                          "eq 3: cos(X_t, C_k) / 0.07 instead of LN1(X_t W3) . LN2(C_k)"),
-    "interest_attention-shared_gated": (
-        {**PAPER, "model.interest_attention": "shared_gated"},
-        "eq 4: one shared MLP, logits times P(k|t), instead of per-interest W_k1, W_k2"),
-    "interest_layernorm-False": ({**PAPER, "model.interest_layernorm": "False"}, "eq 5: no LN3"),
-    "aggregation_attention-own": ({**PAPER, "model.aggregation_attention": "own"},
-                                  "eq 6: its own attention weights instead of eq 3's W3"),
-    "aggregation_attention-own_plus_items": (
-        {**PAPER, "model.aggregation_attention": "own_plus_items"},
-        "eq 6: own weights, raw item embeddings added to Xhat"),
-    "aggregation-dense_concat": ({**PAPER, "model.aggregation": "dense_concat"},
-                                 "eqs 7-8: Dense(concat[mean phi, C_apt]), no tau"),
-    "positional_in_concept_attention-True": (
-        {**PAPER, "model.positional_in_concept_attention": "True"},
-        "eqs 1, 6: positional embeddings added to the attention input"),
-    "input_table-separate": ({**PAPER, "model.input_table": "separate"},
-                             "beyond the paper: the history read from an input table of its own"),
-    "cov_weight-0": ({**PAPER, "loss.cov_weight": "0.0"},
-                     "eq 11: lambda = 0 (no covariance regulariser)"),
-    "official": ({"model.preset": "official"},
-                 "the reference code's preset: every switch above at its official value, "
-                 "lambda = 0"),
-}
-DECISION_POINTS = 0.5  # DESIGN.md: mean validation HR@10 gain a new default must show
-DECISION_METRIC = "HR@10"
+from sine_jax import cli
+from sine_jax.experiments import ablations, paper_table, sweep, tables
+from sine_jax.workdir import write_json_atomic
 
 
-def parse_variants(text: str | None) -> list[str]:
-    """'official,paper' -> ['paper', 'official'] (VARIANTS' order); None -> all of them."""
-    return list(VARIANTS) if text is None else sweep.parse_names(text, "--variants", VARIANTS)
-
-
-def plan(args: argparse.Namespace) -> list[sweep.Job]:
-    """One job per (variant, seed), validated before anything runs (SweepError)."""
-    variants = parse_variants(args.variants)
-    seeds = sweep.parse_seeds(args.seeds)
-    fixed = dict(sweep.parse_override(text, "--set") for text in args.set)
-    config = sweep.load_config(args.config)
-    changed = {field for name in variants for field in VARIANTS[name][0]}
-    if sweep.SEED_FIELD in fixed:
-        raise sweep.SweepError(f"--set={sweep.SEED_FIELD}=...: give the seeds with --seeds")
-    clash = sorted(changed & set(fixed))
-    if clash:
-        raise sweep.SweepError(f"--set={clash[0]}=...: a variant changes {clash[0]}; drop the "
-                               "--set or leave that variant out (--variants)")
-    for field in [*fixed, *changed]:
-        sweep.check_field(config, field)
-    if "data.cache_dir" not in fixed and config.data.get("cache_dir") == "":
-        fixed["data.cache_dir"] = os.path.join(args.workdir, "cache")
-    jobs = []
-    for name in variants:
-        for seed in seeds:
-            job_name = f"{name}_seed-{seed}"
-            workdir = os.path.join(args.workdir, job_name)
-            overrides = {"variant": name, sweep.SEED_FIELD: seed}
-            command = sweep.train_command(args.config, workdir,
-                                          {**fixed, **VARIANTS[name][0], sweep.SEED_FIELD: seed})
-            jobs.append(sweep.Job(name=job_name, workdir=workdir, overrides=overrides,
-                                  command=command))
-    sweep.check_finished_jobs(jobs)
-    return jobs
-
-
-def _valid_by_seed(runs: list[dict], variant: str) -> dict[str, float]:
-    """{seed: validation DECISION_METRIC} of the variant's finished runs."""
-    return {run["overrides"][sweep.SEED_FIELD]: run["results"]["valid"][DECISION_METRIC]
-            for run in runs if run["overrides"]["variant"] == variant and run["status"] == "done"
-            and DECISION_METRIC in run["results"].get("valid", {})}
-
-
-def aggregate(runs: list[dict]) -> list[dict]:
-    """One row per variant (VARIANTS' order): {"variant", **paper_table.summarise(its runs),
-    "valid_gain" (points of validation HR@10 over the reference, the mean over the seeds both
-    finished: a paired difference; None without a common seed), "gain_seeds"}."""
-    names = [name for name in VARIANTS if any(r["overrides"]["variant"] == name for r in runs)]
-    reference = _valid_by_seed(runs, REFERENCE)
-    rows = []
-    for name in names:
-        row = {"variant": name,
-               **paper_table.summarise([r for r in runs if r["overrides"]["variant"] == name])}
-        ours = _valid_by_seed(runs, name)
-        common = sorted(set(ours) & set(reference), key=int)
-        row["gain_seeds"] = [int(seed) for seed in common] if name != REFERENCE else []
-        row["valid_gain"] = (100 * float(sum(ours[s] - reference[s] for s in common)) / len(common)
-                             if common and name != REFERENCE else None)
-        rows.append(row)
-    return rows
-
-
-DECISION_SEEDS = 3  # ... as the mean of this many seeds
-
-
-def verdict(gain: float | None, seeds: int) -> str:
-    """The decision rule on one dataset for a gain measured on `seeds` paired seeds."""
-    if gain is None:
-        return ""
-    if gain < DECISION_POINTS:
-        return "no"
-    if seeds < DECISION_SEEDS:
-        return f"not yet: {seeds} of {DECISION_SEEDS} seeds"
-    return "passes here"
-
-
-def markdown_table(rows: list[dict], ks: tuple[int, ...], metrics=("HR", "NDCG")) -> str:
-    """The rows of `aggregate` as Markdown: test metrics (percent, mean ± std), validation
-    HR@10, its gain over the paper preset and the decision rule's verdict on this data."""
-    columns = [f"{name}@{k}" for k in ks for name in metrics]
-    lines = ["| variant | " + " | ".join(columns) + f" | valid {DECISION_METRIC} | gain "
-             f"(points, paired seeds) | +{DECISION_POINTS} rule | seeds | mean wall time |",
-             "|---" * (len(columns) + 6) + "|"]
-    notes = []
-    for row in rows:
-        if row["done"]:
-            cells = [paper_table.format_cell(row["test"].get(c)) for c in columns]
-            cells.append(paper_table.format_cell(row["valid"].get(DECISION_METRIC)))
-        else:
-            cells = [paper_table.status_cell(row)] * (len(columns) + 1)
-        gain = row["valid_gain"]
-        paired = f" ({len(row['gain_seeds'])})" if gain is not None else ""
-        cells += ["" if gain is None else f"{gain:+.2f}{paired}", verdict(gain, len(row["gain_seeds"])),
-                  f"{row['done']}/{len(row['seeds'])}",
-                  paper_table.format_seconds(row["wall_seconds"])]
-        lines.append(f"| {row['variant']} | " + " | ".join(cells) + " |")
-        notes += paper_table.not_done_lines(row["variant"], row)
-    lines += ["", "What each variant changes (one override on top of the paper preset):", ""]
-    lines += [f"- `{row['variant']}`: {VARIANTS[row['variant']][1]}"
-              + "".join(f"; `{f}={v}`" for f, v in VARIANTS[row["variant"]][0].items())
-              for row in rows]
-    if notes:
-        lines += ["", "Runs that did not finish (not in the means):", *notes]
-    return "\n".join(lines) + "\n"
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = paper_table.table_parser(__doc__.split("\n")[0], "the ablation's directory")
-    parser.add_argument("--variants", help=f"a subset of {', '.join(VARIANTS)} (default all)")
-    parser.add_argument("--ks", help="cut-offs of the columns, e.g. 10,50 (default by data)")
-    return parser.parse_args(argv)
+def define_flags(flag_values: flags.FlagValues) -> None:
+    tables.define_table_flags(flag_values, "the ablation's directory")
+    flags.DEFINE_string("variants", None,
+                        f"a subset of {', '.join(ablations.VARIANTS)} (default all)",
+                        flag_values=flag_values)
+    flags.DEFINE_string("ks", None, "cut-offs of the columns, e.g. 10,50 (default by data)",
+                        flag_values=flag_values)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = cli.parse_flags(define_flags, argv, __doc__)
     try:
-        jobs = plan(args)
-        config = paper_table.load_config(args.config, args.set)
+        jobs = ablations.plan(args.config, args.workdir, variants=args.variants,
+                              seeds=args.seeds, sets=args.set)
+        config = tables.load_config(args.config, args.set)
         if config.model.name != "sine":
             raise sweep.SweepError(f"model.name={config.model.name}: the switches are SINE's; "
                                    "ablate model.name=sine")
         ks, metrics, _ = paper_table.table_layout(
-            config, paper_table.parse_ks(args.ks) if args.ks else None)
+            config, tables.parse_ks(args.ks) if args.ks else None)
         devices = sweep.job_slots(args.devices, args.cpu_jobs)
     except sweep.SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     os.makedirs(args.workdir, exist_ok=True)
-    if not args.collect_only and not paper_table.run_jobs(jobs, devices, args.workdir):
+    if not args.collect_only and not sweep.run_jobs(jobs, devices, args.workdir):
         return 130
-    runs = paper_table.collect_runs(jobs, args.workdir)
-    rows = aggregate(runs)
+    runs = tables.collect_runs(jobs, args.workdir)
+    rows = ablations.aggregate(runs)
     seeds = sweep.parse_seeds(args.seeds)
     path = os.path.join(args.workdir, "ablations.md")
     with open(path, "w") as f:
-        f.write(paper_table.header("SINE's switches, one at a time", args.config, args.set,
-                                   config, seeds) + markdown_table(rows, ks, metrics))
-    sweep.write_json_atomic(os.path.join(args.workdir, "ablations.json"), {
-        "config": args.config, "overrides": args.set, "protocol": paper_table.protocol(config),
+        f.write(tables.header("SINE's switches, one at a time", args.config, args.set,
+                                   config, seeds) + ablations.markdown_table(rows, ks, metrics))
+    write_json_atomic(os.path.join(args.workdir, "ablations.json"), {
+        "config": args.config, "overrides": args.set, "protocol": tables.protocol(config),
         "seeds": seeds, "ks": ks, "date": datetime.date.today().isoformat(),
-        "variants": {name: VARIANTS[name][0] for name in VARIANTS},
-        "runs": [paper_table.run_record(run) for run in runs], "rows": rows})
+        "variants": {name: change for name, (change, _) in ablations.VARIANTS.items()},
+        "runs": [tables.run_record(run) for run in runs], "rows": rows})
     done = sum(run["status"] == "done" for run in runs)
     print(f"{done}/{len(runs)} runs finished; table in {path}")
     return 1 if any(run["status"] == "failed" for run in runs) else 0

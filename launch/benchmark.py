@@ -24,7 +24,6 @@ a few steps (TensorBoard / Perfetto).
 """
 
 import json
-import os
 import re
 import resource
 import sys
@@ -33,9 +32,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from sine_jax import host_memory  # noqa: E402
+from sine_jax import cli, host_memory
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size (default: config's).")
@@ -152,11 +149,11 @@ def synthetic_batches(config, num_items: int, sharding, count: int = 8) -> list[
 
 def pipeline_examples_per_sec(config, seconds: float) -> float:
     """Examples/s of the grain training pipeline alone (synthetic data, the config's B and n)."""
+    import tempfile
+
     from configs import synthetic
     from sine_jax.data import dataset as dataset_lib
     from sine_jax.data import pipeline
-
-    import tempfile
 
     data_config = synthetic.get_config().data
     with tempfile.TemporaryDirectory() as cache:
@@ -330,4 +327,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_app(main)

@@ -31,7 +31,6 @@ Each measurement carries the 1-minute load average just after it (its own proces
 about 2 on a quiet 2-core machine; more means something else shared the cores).
 """
 
-import argparse
 import importlib.metadata
 import json
 import os
@@ -39,6 +38,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import types
+
+from absl import flags
+
+from sine_jax import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARK = os.path.join(REPO, "launch", "benchmark.py")
@@ -60,14 +64,14 @@ class CompareError(Exception):
     """A reason the comparison cannot run or finish: the message is one line."""
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recbole_python", help="Python of the RecBole venv.")
-    parser.add_argument("--batch_size", type=int, help="One batch size (default: 128 and 1024).")
-    parser.add_argument("--steps", type=int, default=10, help="Timed steps per measurement.")
-    parser.add_argument("--repeats", type=int, default=2, help="Alternating rounds; medians.")
-    parser.add_argument("--json", help="Also write the results here.")
-    return parser.parse_args(argv)
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_string("recbole_python", None, "Python of the RecBole venv.",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("batch_size", None, "One batch size (default: 128 and 1024).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("steps", 10, "Timed steps per measurement.", flag_values=flag_values)
+    flags.DEFINE_integer("repeats", 2, "Alternating rounds; medians.", flag_values=flag_values)
+    flags.DEFINE_string("json", None, "Also write the results here.", flag_values=flag_values)
 
 
 def check_recbole_python(python: str | None) -> None:
@@ -91,11 +95,6 @@ def recbole_env() -> dict[str, str]:
     return env
 
 
-def sine_jax_env() -> dict[str, str]:
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": REPO + (os.pathsep + path if path else "")}
-
-
 def run_process(command: list[str], env: dict[str, str]) -> str:
     """Runs one measurement; its stdout, or CompareError (its stderr goes to ours first)."""
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO,
@@ -114,7 +113,7 @@ def sine_jax_run(batch_size: int, steps: int, full_softmax: bool, tmp_dir: str) 
                f"--json={out}", "--pipeline_seconds=0"]
     if full_softmax:
         command.append("--config.loss.name=full_softmax")
-    run_process(command, sine_jax_env())
+    run_process(command, dict(os.environ))
     with open(out) as f:
         result = json.load(f)
     loss = "full_softmax" if full_softmax else "sampled_softmax"
@@ -132,7 +131,7 @@ def recbole_run(python: str, batch_size: int, steps: int, flush_denormal: bool,
     return json.loads(run_process(command, recbole_env()).strip().splitlines()[-1])
 
 
-def measure_round(args: argparse.Namespace, repeat: int, batch_size: int,
+def measure_round(args: types.SimpleNamespace, repeat: int, batch_size: int,
                   tmp_dir: str) -> list[dict]:
     """One alternating round (sine_jax, RecBole, sine_jax, RecBole) at one batch size."""
     records = []
@@ -240,7 +239,7 @@ def cpu_model() -> str:
     return "unknown"
 
 
-def report(args: argparse.Namespace, batch_sizes: list[int], records: list[dict]) -> dict:
+def report(args: types.SimpleNamespace, batch_sizes: list[int], records: list[dict]) -> dict:
     rows = table_rows(medians(records), batch_sizes)
     recbole_output = next(rec["output"] for rec in records if rec["name"] == RECBOLE)
     no_ftz_output = next(rec["output"] for rec in records if rec["name"] == RECBOLE_NO_FTZ)
@@ -261,8 +260,8 @@ def report(args: argparse.Namespace, batch_sizes: list[int], records: list[dict]
     }
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    args = cli.parse_flags(define_flags, argv, __doc__)
     try:
         check_recbole_python(args.recbole_python)
         if not os.path.isfile(BENCHMARK):
@@ -286,4 +285,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

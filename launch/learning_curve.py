@@ -11,10 +11,13 @@ best point, and prints the points as a Markdown table. A run directory may end i
 metrics.jsonl or without the metric.
 """
 
-import argparse
 import json
 import os
 import sys
+
+from absl import flags
+
+from sine_jax import cli
 
 
 class CurveError(Exception):
@@ -78,7 +81,7 @@ def markdown(curves: dict[str, list[tuple[int, float]]], metric: str) -> str:
     """The curves as a table: one row per step, one column per run (percent)."""
     steps = sorted({step for points in curves.values() for step, _ in points})
     lookup = {label: dict(points) for label, points in curves.items()}
-    lines = [f"| step | " + " | ".join(f"{label} {metric}" for label in curves) + " |",
+    lines = ["| step | " + " | ".join(f"{label} {metric}" for label in curves) + " |",
              "|---" * (len(curves) + 1) + "|"]
     for step in steps:
         cells = [f"{100 * lookup[label][step]:.2f}" if step in lookup[label] else ""
@@ -87,13 +90,16 @@ def markdown(curves: dict[str, list[tuple[int, float]]], metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_multi_string("run", None, "DIR[:LABEL]: a training run's workdir (repeatable)",
+                              flag_values=flag_values)
+    flags.DEFINE_string("metric", "valid/HR@10", "the metric plotted", flag_values=flag_values)
+    flags.DEFINE_string("out", None, "the PNG to write", flag_values=flag_values)
+    flags.mark_flags_as_required(["run", "out"], flag_values=flag_values)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", action="append", required=True, metavar="DIR[:LABEL]",
-                        help="a training run's workdir (repeatable)")
-    parser.add_argument("--metric", default="valid/HR@10", help="default valid/HR@10")
-    parser.add_argument("--out", required=True, help="the PNG to write")
-    args = parser.parse_args(argv)
+    args = cli.parse_flags(define_flags, argv, __doc__)
     try:
         runs = [parse_run(text) for text in args.run]
         labels = [label for _, label in runs]

@@ -11,11 +11,13 @@ Users and items scale with `--rows`. Memory stays in the tens of MiB: users are 
 chunks. Deterministic for a seed.
 """
 
-import argparse
 import time
 
 import numpy as np
 import polars as pl
+from absl import flags
+
+from sine_jax import cli
 
 BEHAVIORS = ("pv", "cart", "fav", "buy")
 BEHAVIOR_PROBS = (0.895, 0.055, 0.029, 0.021)
@@ -25,14 +27,17 @@ ROWS_PER_ITEM = 24.1  # 100,150,807 / 4,162,024
 ROWS_PER_CATEGORY = 10_610.0  # 100,150,807 / 9,439
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows to write (about)")
-    parser.add_argument("--out", required=True, help="the CSV file to write")
-    parser.add_argument("--zipf", type=float, default=1.0, help="item popularity exponent")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--chunk_rows", type=int, default=2_000_000, help="rows per write")
-    args = parser.parse_args()
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_integer("rows", 1_000_000, "rows to write (about)", flag_values=flag_values)
+    flags.DEFINE_string("out", None, "the CSV file to write", flag_values=flag_values)
+    flags.DEFINE_float("zipf", 1.0, "item popularity exponent", flag_values=flag_values)
+    flags.DEFINE_integer("seed", 0, "random seed", flag_values=flag_values)
+    flags.DEFINE_integer("chunk_rows", 2_000_000, "rows per write", flag_values=flag_values)
+    flags.mark_flags_as_required(["out"], flag_values=flag_values)
+
+
+def main(argv: list[str] | None = None):
+    args = cli.parse_flags(define_flags, argv, __doc__)
 
     rng = np.random.default_rng(args.seed)
     num_users = max(1, round(args.rows / ROWS_PER_USER))

@@ -15,13 +15,12 @@ import json
 import os
 import resource
 import shutil
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from sine_jax import cli
 from sine_jax.data import dataset
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a config file, e.g. configs/taobao.py")
@@ -60,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_app(main)

@@ -5,13 +5,13 @@ end-to-end latency of one `recommend` call, HR@N / NDCG@N of the recommendations
 user's validation and test target (compared with results.json), and retrieval with the
 validation users' vectors as queries:
 
-  python -m launch.serving_benchmark --config=configs/movielens.py --workdir=runs/ml1m \
+  python launch/serving_benchmark.py --config=configs/movielens.py --workdir=runs/ml1m \
       --config.data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat \
       --out=runs/serving_benchmark/ml1m.json
 
 A synthetic catalogue (retrieval only), random item embeddings, D = 128:
 
-  python -m launch.serving_benchmark --num_items=1000000 --dim=128 --catalogue=clustered \
+  python launch/serving_benchmark.py --num_items=1000000 --dim=128 --catalogue=clustered \
       --kinds=flat,ivf --ivf_lists=1024 --out=runs/serving_benchmark/synthetic_1m.json
 
 Latency is per query, one query per search call (p50 and p99 over --queries calls, after a
@@ -28,6 +28,8 @@ import faiss
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
+
+from sine_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the trained run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained run with an export/ folder.")
@@ -215,7 +217,7 @@ def main(argv):
         "faiss": faiss.__version__,
         "faiss_threads": faiss.omp_get_max_threads(),
         "cpus": os.cpu_count(),
-        "command": " ".join(["python -m launch.serving_benchmark", *sys.argv[1:]]),
+        "command": " ".join(["python launch/serving_benchmark.py", *sys.argv[1:]]),
     }
     if _WORKDIR.value is not None:
         result = {"run": _WORKDIR.value, **trained_run(serving)}
@@ -249,4 +251,4 @@ def _rounded(value):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_app(main)

@@ -94,9 +94,9 @@ def train_loop(
     ckpt: checkpointing.Checkpointer, writer: MetricWriter,
 ) -> tuple[int, int]:
     """Trains from the newest usable checkpoint in `ckpt` (else from `state`, which is
-    donated) to the last step or an early stop. Every `run.eval_every` steps (and at the last step) it validates, then
-    checkpoints; every `checkpoint.every_steps` it checkpoints. A resumed run reads the same
-    batches and takes the same steps as an uninterrupted one.
+    donated) to the last step or an early stop. Every `run.eval_every` steps (and at the last
+    step) it validates, then checkpoints; every `checkpoint.every_steps` it checkpoints. A
+    resumed run reads the same batches and takes the same steps as an uninterrupted one.
 
     Returns:
       (the best step, the last step).

@@ -1,16 +1,10 @@
 """launch/benchmark.py in its tiny mode, and its parsers."""
 
-import os
-import sys
-
 import pytest
 from absl import app
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "launch"))
-import benchmark  # noqa: E402
-
-from configs import synthetic  # noqa: E402
+from configs import synthetic
+from launch import benchmark
 
 
 def _tiny_config(**mesh):

@@ -1,14 +1,16 @@
-"""launch/ablations.py (one override per variant, the gains and the decision rule on fake
-results), sweep.job_slots (several CPU jobs at a time) and launch/learning_curve.py."""
+"""SINE's switch ablations (sine_jax.experiments.ablations, launch/ablations.py: one override
+per variant, the gains and the decision rule on fake results), sweep.job_slots (several CPU
+jobs at a time) and launch/learning_curve.py."""
 
-import argparse
 import json
 import os
 import sys
 
 import pytest
 
-from launch import ablations, learning_curve, sweep
+from launch import ablations as ablations_cli
+from launch import learning_curve
+from sine_jax.experiments import ablations, sweep
 from sine_jax.models import sine as model_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,8 +18,7 @@ CONFIG = os.path.join(REPO, "configs", "synthetic.py")
 
 
 def plan(tmp_path, variants=None, seeds="0,1", sets=()):
-    return ablations.plan(argparse.Namespace(config=CONFIG, workdir=str(tmp_path), seeds=seeds,
-                                             variants=variants, set=list(sets)))
+    return ablations.plan(CONFIG, str(tmp_path), seeds=seeds, variants=variants, sets=list(sets))
 
 
 def parse(text: str):
@@ -92,7 +93,7 @@ def test_collect_only_writes_gains_and_the_rule_verdict(tmp_path, capsys):
         os.makedirs(job.workdir)
         with open(sweep.results_path(job), "w") as f:
             json.dump(fake_results(job.overrides["variant"], int(job.overrides["train.seed"])), f)
-    code = ablations.main([f"--config={CONFIG}", f"--workdir={tmp_path}", "--seeds=0,1",
+    code = ablations_cli.main([f"--config={CONFIG}", f"--workdir={tmp_path}", "--seeds=0,1",
                            "--variants=paper,assignment-cosine,official", "--collect_only"])
     assert code == 0
     assert "5/6 runs finished" in capsys.readouterr().out
@@ -122,7 +123,7 @@ def test_the_rule_needs_the_gain_on_three_seeds():
 
 
 def test_ablations_refuse_a_baseline(tmp_path, capsys):
-    code = ablations.main([f"--config={CONFIG}", f"--workdir={tmp_path}", "--seeds=0",
+    code = ablations_cli.main([f"--config={CONFIG}", f"--workdir={tmp_path}", "--seeds=0",
                            "--set=model.name=gru4rec", "--collect_only"])
     assert code == 2
     assert "the switches are SINE's" in capsys.readouterr().err

@@ -1,14 +1,19 @@
-"""launch/paper_table.py, launch/sensitivity.py and launch/prototypes.py: tables and heatmap from
-fake results, the prototype math against brute force, and one real prototypes report."""
+"""Table 1, Figure 4 and the prototype report (sine_jax.experiments, sine_jax.analysis and
+their launch/ tools): tables and heatmap from fake results, the prototype math against brute
+force, and one real prototypes report."""
 
-import argparse
 import json
 import os
 
 import numpy as np
 import pytest
 
-from launch import paper_table, prototypes, sensitivity, sweep
+from launch import paper_table as paper_table_cli
+from launch import prototypes as prototypes_cli
+from launch import sensitivity as sensitivity_cli
+from sine_jax import analysis
+from sine_jax.experiments import paper_table, sensitivity, sweep, tables
+from sine_jax.workdir import write_json_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "synthetic.py")
@@ -32,8 +37,7 @@ def write_results(job: sweep.Job, results: dict) -> None:
 @pytest.fixture
 def table_dir(tmp_path):
     """A finished table sweep of gru4rec and sine x seeds 0-2 where gru4rec seed 2 failed."""
-    jobs = sweep.plan(argparse.Namespace(config=CONFIG, workdir=str(tmp_path), seeds="0,1,2",
-                                         set=[], grid=["model.name=sine,gru4rec"]))
+    jobs = sweep.plan(CONFIG, str(tmp_path), seeds="0,1,2", grid=["model.name=sine,gru4rec"])
     entries = []
     for job in jobs:
         if job.name == "name-gru4rec_seed-2":
@@ -42,7 +46,7 @@ def table_dir(tmp_path):
         else:
             offset = 0.2 if job.overrides["model.name"] == "sine" else 0.1
             write_results(job, fake_results(job.overrides, offset))
-    sweep.write_json_atomic(os.path.join(tmp_path, "sweep.json"), {"jobs": entries})
+    write_json_atomic(os.path.join(tmp_path, "sweep.json"), {"jobs": entries})
     return jobs, tmp_path
 
 
@@ -52,7 +56,7 @@ def table_dir(tmp_path):
 
 def test_aggregate_means_and_stds_match_numpy_and_keep_the_failed_run(table_dir):
     jobs, workdir = table_dir
-    runs = paper_table.collect_runs(jobs, str(workdir))
+    runs = tables.collect_runs(jobs, str(workdir))
     rows = paper_table.aggregate(runs)
     assert [row["model"] for row in rows] == ["gru4rec", "sine"]  # the paper's order
     gru4rec, sine = rows
@@ -72,8 +76,8 @@ def test_aggregate_means_and_stds_match_numpy_and_keep_the_failed_run(table_dir)
 
 def test_markdown_columns_cells_failed_runs_and_paper_block(table_dir):
     jobs, workdir = table_dir
-    rows = paper_table.aggregate(paper_table.collect_runs(jobs, str(workdir)))
-    config = paper_table.load_config(CONFIG, [])
+    rows = paper_table.aggregate(tables.collect_runs(jobs, str(workdir)))
+    config = tables.load_config(CONFIG, [])
     ks, metrics, paper = paper_table.table_layout(config)
     assert (ks, metrics, paper) == ((10, 50), ("HR", "NDCG"), None)
     text = paper_table.markdown_table(rows, ks, metrics, paper)
@@ -88,21 +92,21 @@ def test_markdown_columns_cells_failed_runs_and_paper_block(table_dir):
     assert "- GRU4Rec, seed 2: failed (exit 1: error: out of memory)" in text
     assert paper_table.PAPER_TITLE not in text
 
-    other = paper_table.load_config(CONFIG, ["data.format=taobao"])
+    other = tables.load_config(CONFIG, ["data.format=taobao"])
     ks, metrics, paper = paper_table.table_layout(other)
     assert ks == (50, 100) and paper is None
     assert paper_table.markdown_table(rows, ks, metrics, paper).splitlines()[0].startswith(
         "| model | HR@50 | NDCG@50 | HR@100 | NDCG@100 |")
-    held_out = paper_table.load_config(CONFIG, ["data.split=held_out_users"])
+    held_out = tables.load_config(CONFIG, ["data.split=held_out_users"])
     assert paper_table.table_layout(held_out)[1] == ("Recall", "NDCG", "HitRate")
 
-    movielens = paper_table.load_config(CONFIG, ["data.format=movielens"])
+    movielens = tables.load_config(CONFIG, ["data.format=movielens"])
     ks, metrics, paper = paper_table.table_layout(movielens)
     text = paper_table.markdown_table(rows, ks, metrics, paper)
     assert ks == (10, 50) and f"| **{paper_table.PAPER_TITLE}** |" in text
     assert "| SINE | 16.34 | 7.06 | 45.79 | 13.50 | | |" in text
     assert "| SASRec | 17.34 | 7.84 | 46.01 | 13.53 | | |" in text
-    ranked = paper_table.load_config(CONFIG, ["data.format=movielens", "eval.mask_history=False"])
+    ranked = tables.load_config(CONFIG, ["data.format=movielens", "eval.mask_history=False"])
     assert paper_table.table_layout(ranked)[2] is None  # the paper excluded the history
 
 
@@ -110,7 +114,7 @@ def test_collect_only_writes_the_table_with_failed_and_missing_runs(table_dir, c
     _, workdir = table_dir
     argv = [f"--config={CONFIG}", f"--workdir={workdir}", "--seeds=0,1,2", "--collect_only",
             "--models=sine,gru4rec,sasrec", "--set=eval.mask_history=False"]
-    assert paper_table.main(argv) == 1  # a run failed
+    assert paper_table_cli.main(argv) == 1  # a run failed
     assert "5/9 runs finished" in capsys.readouterr().out
     text = (workdir / "table.md").read_text()
     assert f"- config: `{CONFIG}`; overrides: `eval.mask_history=False`" in text
@@ -133,7 +137,7 @@ def test_collect_only_writes_the_table_with_failed_and_missing_runs(table_dir, c
     (["--set=eval.mask_history=maybe"], "flag --config.eval.mask_history=maybe"),
 ])
 def test_table_bad_arguments_are_one_line_errors(tmp_path, capsys, argv, message):
-    code = paper_table.main([f"--config={CONFIG}", f"--workdir={tmp_path}/t", *argv])
+    code = paper_table_cli.main([f"--config={CONFIG}", f"--workdir={tmp_path}/t", *argv])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err
     assert not os.path.exists(tmp_path / "t")
@@ -161,7 +165,7 @@ def test_sensitivity_skips_k_above_l_and_writes_the_heatmap(tmp_path, capsys):
                                                                  sensitivity.L_FIELD))
             write_results(job, fake_results(job.overrides, 0.1 * k + 0.001 * num_prototypes))
 
-    cells = sensitivity.aggregate(paper_table.collect_runs(jobs, str(tmp_path)), (2, 4, 8),
+    cells = sensitivity.aggregate(tables.collect_runs(jobs, str(tmp_path)), (2, 4, 8),
                                   (4, 10))
     assert [(c["K"], c["L"], c["skipped"]) for c in cells] == [
         (2, 4, False), (2, 10, False), (4, 4, False), (4, 10, False), (8, 4, True),
@@ -173,7 +177,7 @@ def test_sensitivity_skips_k_above_l_and_writes_the_heatmap(tmp_path, capsys):
 
     argv = [f"--config={CONFIG}", f"--workdir={tmp_path}", "--ks_interests=2,4,8",
             "--prototypes=4,10", "--seeds=0,1", "--collect_only"]
-    assert sensitivity.main(argv) == 0
+    assert sensitivity_cli.main(argv) == 0
     with open(tmp_path / "heatmap.png", "rb") as f:
         png = f.read()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
@@ -185,7 +189,7 @@ def test_sensitivity_skips_k_above_l_and_writes_the_heatmap(tmp_path, capsys):
     assert "- K=4, L=10, seed 1: missing" in text
     summary = json.loads((tmp_path / "sensitivity.json").read_text())
     assert len(summary["runs"]) == 10 and summary["metrics"] == ["HR@50", "NDCG@50"]
-    assert sensitivity.main([*argv, "--metric=Recall@50"]) == 2
+    assert sensitivity_cli.main([*argv, "--metric=Recall@50"]) == 2
     assert "metric 'Recall@50'" in capsys.readouterr().err
 
 
@@ -201,19 +205,19 @@ def test_nearest_prototypes_matches_a_brute_force_loop():
     for item in items:
         cosines = [item @ p / np.linalg.norm(item) / np.linalg.norm(p) for p in protos]
         expected.append(int(np.argmax(cosines)))
-    np.testing.assert_array_equal(prototypes.nearest_prototypes(items, protos), expected)
+    np.testing.assert_array_equal(analysis.nearest_prototypes(items, protos), expected)
 
 
 def test_category_nmi_perfect_constant_and_chance():
     rng = np.random.default_rng(0)
     categories = rng.integers(0, 10, size=2000)
-    perfect = prototypes.category_nmi((categories + 3) % 10, categories)
+    perfect = analysis.category_nmi((categories + 3) % 10, categories)
     assert perfect["nmi"] == pytest.approx(1.0) and perfect["chance_nmi"] < 0.02
-    assert prototypes.category_nmi(np.zeros(2000, int), categories)["nmi"] == pytest.approx(0)
-    random = prototypes.category_nmi(rng.integers(0, 10, size=2000), categories)
+    assert analysis.category_nmi(np.zeros(2000, int), categories)["nmi"] == pytest.approx(0)
+    random = analysis.category_nmi(rng.integers(0, 10, size=2000), categories)
     assert random["nmi"] < 0.02 and random["chance_nmi"] < 0.02
     categories[:7] = -1
-    counted = prototypes.category_nmi(categories, categories)
+    counted = analysis.category_nmi(categories, categories)
     assert counted["items_without_category"] == 7 and counted["items_scored"] == 1993
     assert counted["categories"] == len(np.unique(categories[7:]))
     assert counted["nmi"] == pytest.approx(1.0)
@@ -221,18 +225,18 @@ def test_category_nmi_perfect_constant_and_chance():
 
 def test_entropy_of_one_hot_uniform_and_mixed_rows():
     rows = np.array([[1.0, 0.0, 0.0, 0.0], [0.25] * 4, [0.5, 0.5, 0.0, 0.0]])
-    np.testing.assert_allclose(prototypes.entropy(rows), [0.0, np.log(4), np.log(2)])
-    assert prototypes.entropy(rows.reshape(3, 1, 4)).shape == (3, 1)
+    np.testing.assert_allclose(analysis.entropy(rows), [0.0, np.log(4), np.log(2)])
+    assert analysis.entropy(rows.reshape(3, 1, 4)).shape == (3, 1)
 
 
 def test_selection_usage_of_a_collapsed_an_even_and_a_mixed_pool():
-    collapsed = prototypes.selection_usage(np.array([[3, 1]] * 50), num_prototypes=8)
+    collapsed = analysis.selection_usage(np.array([[3, 1]] * 50), num_prototypes=8)
     assert collapsed == {"users": 50, "selected": 2, "num_prototypes": 8,
                          "perplexity": pytest.approx(2.0), "top_k_share": 1.0}
-    even = prototypes.selection_usage(np.arange(8).reshape(4, 2), num_prototypes=8)
+    even = analysis.selection_usage(np.arange(8).reshape(4, 2), num_prototypes=8)
     assert even["selected"] == 8 and even["perplexity"] == pytest.approx(8.0)
     assert even["top_k_share"] == pytest.approx(2 / 8)
-    mixed = prototypes.selection_usage(np.array([[0, 1], [0, 2], [0, 1], [5, 1]]), 6)
+    mixed = analysis.selection_usage(np.array([[0, 1], [0, 2], [0, 1], [5, 1]]), 6)
     shares = np.array([3, 3, 1, 1]) / 8  # prototypes 0, 1, 2, 5
     assert mixed["selected"] == 4
     assert mixed["perplexity"] == pytest.approx(np.exp(-(shares * np.log(shares)).sum()))
@@ -242,8 +246,8 @@ def test_selection_usage_of_a_collapsed_an_even_and_a_mixed_pool():
 def test_concept_neighbours_are_the_most_used_prototypes_and_their_nearest_items():
     rng = np.random.default_rng(1)
     items, protos = rng.normal(size=(50, 4)), rng.normal(size=(6, 4))
-    assign = prototypes.nearest_prototypes(items, protos)
-    concepts = prototypes.concept_neighbours(items, protos, assign, num_concepts=2, neighbours=3)
+    assign = analysis.nearest_prototypes(items, protos)
+    concepts = analysis.concept_neighbours(items, protos, assign, num_concepts=2, neighbours=3)
     counts = np.bincount(assign, minlength=6)
     assert [c["nearest_to"] for c in concepts] == sorted(counts, reverse=True)[:2]
     for concept in concepts:
@@ -267,14 +271,14 @@ def tiny_run(tmp_path_factory):
     from sine_jax import train
 
     workdir = str(tmp_path_factory.mktemp("tiny_sine"))
-    train.train_and_evaluate(paper_table.load_config(CONFIG, TINY_SETS), workdir)
+    train.train_and_evaluate(tables.load_config(CONFIG, TINY_SETS), workdir)
     return workdir
 
 
 def test_prototypes_report_of_a_trained_run(tiny_run, capsys):
     argv = [f"--config={CONFIG}", f"--workdir={tiny_run}", *(f"--set={s}" for s in TINY_SETS),
             "--num_concepts=3", "--neighbours=5"]
-    assert prototypes.main(argv) == 0, capsys.readouterr().err
+    assert prototypes_cli.main(argv) == 0, capsys.readouterr().err
     with open(os.path.join(tiny_run, "prototypes.json")) as f:
         report = json.load(f)
     assert report["model"] == "sine" and report["num_items"] == 200
@@ -311,13 +315,13 @@ def test_prototypes_report_of_a_trained_run(tiny_run, capsys):
 ])
 def test_prototypes_bad_arguments_are_one_line_errors(tiny_run, capsys, extra, message):
     argv = [f"--config={CONFIG}", f"--workdir={tiny_run}", *(f"--set={s}" for s in TINY_SETS)]
-    assert prototypes.main([*argv, *extra]) == 2
+    assert prototypes_cli.main([*argv, *extra]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
 
 
 def test_prototypes_refuses_a_model_without_prototypes(tmp_path, capsys):
     argv = [f"--config={CONFIG}", f"--workdir={tmp_path}", "--set=model.name=pop"]
-    assert prototypes.main(argv) == 2
+    assert prototypes_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "model.name=pop has no prototypes" in err, err

@@ -1,4 +1,5 @@
-"""Tests for sine_jax.models.sine (and layers.masked_softmax): each equation against a numpy reference written from the paper."""
+"""Tests for sine_jax.models.sine (and layers.masked_softmax): each equation against a numpy
+reference written from the paper."""
 
 import dataclasses
 import functools

@@ -1,4 +1,5 @@
-"""launch/sweep.py: grid expansion, names, argument checks, skipping, one real 2-job sweep."""
+"""sine_jax.experiments.sweep and launch/sweep.py: grid expansion, names, argument checks,
+skipping, one real 2-job sweep."""
 
 import json
 import os
@@ -9,14 +10,15 @@ import sys
 import pytest
 from train_test import REPO, TINY_ARGS
 
-from launch import sweep
+from launch import sweep as sweep_cli
+from sine_jax.experiments import sweep
 
 SWEEP = os.path.join(REPO, "launch", "sweep.py")
 CONFIG = os.path.join(REPO, "configs", "synthetic.py")
 
 
-def _args(*argv):
-    return sweep.parse_args([f"--config={CONFIG}", "--workdir=runs/s", *argv])
+def _plan(workdir="runs/s", **kwargs):
+    return sweep.plan(CONFIG, workdir, **kwargs)
 
 
 def test_grid_expands_to_the_cartesian_product_with_seeds_last():
@@ -30,13 +32,12 @@ def test_grid_expands_to_the_cartesian_product_with_seeds_last():
 
 
 def test_job_names_are_readable_unique_and_stable():
-    jobs = sweep.plan(_args("--grid=model.num_interests=2,4", "--grid=model.num_prototypes=10,50",
-                            "--seeds=0,1", "--set=train.num_epochs=1"))
+    jobs = _plan(grid=["model.num_interests=2,4", "model.num_prototypes=10,50"], seeds="0,1",
+                 sets=["train.num_epochs=1"])
     names = [job.name for job in jobs]
     assert names[0] == "num_interests-2_num_prototypes-10_seed-0"
     assert len(set(names)) == len(names) == 8
-    reordered = sweep.plan(_args("--grid=model.num_prototypes=50,10",
-                                 "--grid=model.num_interests=4", "--seeds=1"))
+    reordered = _plan(grid=["model.num_prototypes=50,10", "model.num_interests=4"], seeds="1")
     assert reordered[0].name == "num_prototypes-50_num_interests-4_seed-1"  # its own point only
     job = jobs[0]
     assert job.workdir == os.path.join("runs/s", job.name)
@@ -68,7 +69,7 @@ def test_names_of_awkward_fields_and_values():
     ([], "nothing to sweep"),
 ])
 def test_bad_arguments_are_one_line_errors_before_anything_runs(tmp_path, capsys, argv, message):
-    code = sweep.main([f"--config={CONFIG}", f"--workdir={tmp_path}/s", *argv])
+    code = sweep_cli.main([f"--config={CONFIG}", f"--workdir={tmp_path}/s", *argv])
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
@@ -76,7 +77,7 @@ def test_bad_arguments_are_one_line_errors_before_anything_runs(tmp_path, capsys
 
 
 def test_done_jobs_are_skipped_and_summarised(tmp_path):
-    jobs = sweep.plan(_args("--seeds=0,1", f"--workdir={tmp_path}"))
+    jobs = _plan(str(tmp_path), seeds="0,1")
     os.makedirs(jobs[0].workdir)
     results = {"test": {"HR@10": 0.5}, "valid": {"HR@10": 0.4}, "best_step": 7,
                "wall_seconds": 12.0, "config": {}}
@@ -90,9 +91,9 @@ def test_done_jobs_are_skipped_and_summarised(tmp_path):
 
 
 def test_a_finished_job_with_another_config_stops_the_sweep_naming_the_fields(tmp_path):
-    args = _args("--seeds=0", f"--workdir={tmp_path}", "--set=model.num_prototypes=12",
-                 "--set=eval.ks=(10,20)")
-    [job] = sweep.plan(args)
+    plan = dict(workdir=str(tmp_path), seeds="0", sets=["model.num_prototypes=12",
+                                                         "eval.ks=(10,20)"])
+    [job] = _plan(**plan)
     recorded = json.loads(sweep.config_from_args(CONFIG, {
         "model.num_prototypes": "12", "eval.ks": "(10,20)", "train.seed": "0",
         "data.cache_dir": os.path.join(str(tmp_path), "cache"),
@@ -101,7 +102,7 @@ def test_a_finished_job_with_another_config_stops_the_sweep_naming_the_fields(tm
     with open(sweep.results_path(job), "w") as f:
         json.dump({"config": recorded}, f)
     assert sweep.stale_fields(job) == []
-    assert sweep.plan(args) == [job]  # the same command: skipped, not refused
+    assert _plan(**plan) == [job]  # the same command: skipped, not refused
 
     recorded["model"]["num_prototypes"] = 50  # as if run before the preset or the --set changed
     recorded["model"]["assignment"] = "cosine"
@@ -110,7 +111,7 @@ def test_a_finished_job_with_another_config_stops_the_sweep_naming_the_fields(tm
     assert sweep.stale_fields(job) == ["model.assignment: 'cosine' -> None",
                                        "model.num_prototypes: 50 -> 12"]
     with pytest.raises(sweep.SweepError, match=r"seed-0 finished with another config \(model"):
-        sweep.plan(args)
+        _plan(**plan)
 
 
 def test_a_failing_job_is_reported_with_its_exit_code_and_last_log_line(tmp_path):
