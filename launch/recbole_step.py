@@ -1,7 +1,7 @@
 """RecBole 1.2.1's SINE: training-step throughput on synthetic batches (for compare_recbole).
 
 Runs inside the RecBole venv (recipe in launch/compare_recbole.py); imports only torch, recbole
-and numpy:
+and numpy (hence argparse, the one launch tool without absl flags):
 
   TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 /work/recbole-venv/bin/python launch/recbole_step.py \
       --batch_size=128 --steps=20 --flush_denormal=true --anomaly_detection=off,on

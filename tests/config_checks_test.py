@@ -1,6 +1,7 @@
 """Config validation and the optimizer options."""
 
 import json
+
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -37,6 +38,7 @@ def test_shipped_configs_are_valid():
         config_checks.check_config(module.get_config(), num_devices=8)
     tuned = movielens.get_config("tuned")
     config_checks.check_config(tuned, num_devices=8)
+    config_checks.check_config(synthetic.get_config("tiny"), num_devices=8)
     paper = movielens.get_config()
     assert paper == movielens.get_config("paper") and paper.model.input_table is None
     changed = [k for k, v in run_config.flatten(json.loads(tuned.to_json())).items()

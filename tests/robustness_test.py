@@ -9,10 +9,10 @@ import sys
 import time
 
 import pytest
-from train_test import REPO, TINY_ARGS
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
-    *TINY_ARGS,
+    "--config=configs/synthetic.py:tiny",
     "--config.train.log_every_steps=5",
     "--config.checkpoint.every_steps=10",
 ]

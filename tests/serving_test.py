@@ -12,11 +12,15 @@ import grain
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_test import REPO, TINY_ARGS, tiny_config
 
+from configs import synthetic
 from sine_jax import checkpointing, evaluate, export, run_config, serving, train
 from sine_jax.data import pipeline
 from sine_jax.errors import ConfigError, DataError, SineError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_ARG = "--config=configs/synthetic.py:tiny"  # synthetic.get_config("tiny")
+
 
 def _cli(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
@@ -35,11 +39,11 @@ def _cli(*args):
 def run(tmp_path_factory):
     """A trained tiny model, exported with the command line: (workdir, TrainedModel)."""
     workdir = str(tmp_path_factory.mktemp("serving"))
-    train.train_and_evaluate(tiny_config(), workdir)
-    proc = _cli(*TINY_ARGS, f"--workdir={workdir}", "--mode=export")
+    train.train_and_evaluate(synthetic.get_config("tiny"), workdir)
+    proc = _cli(TINY_ARG, f"--workdir={workdir}", "--mode=export")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.splitlines()[-1]) == {"export": f"{workdir}/export"}
-    return workdir, train.restore_best(tiny_config(), workdir)
+    return workdir, train.restore_best(synthetic.get_config("tiny"), workdir)
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +255,7 @@ def test_top_n_larger_than_the_catalogue(recommender):
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_approximate_index_records_its_recall(run, tmp_path, kind):
     _, trained = run
-    config = tiny_config()
+    config = synthetic.get_config("tiny")
     config.serving.index = kind
     config.serving.ivf_probe = 2
     manifest = export.write_export(str(tmp_path / "export"), trained, config)
@@ -267,11 +271,11 @@ def test_approximate_index_records_its_recall(run, tmp_path, kind):
 
 def test_bad_serving_config_writes_nothing(run, tmp_path):
     _, trained = run
-    config = tiny_config()
+    config = synthetic.get_config("tiny")
     config.serving.index = "annoy"
     with pytest.raises(ConfigError, match="serving.index='annoy' is not one of flat, hnsw, ivf"):
         export.write_export(str(tmp_path / "export"), trained, config)
-    config = tiny_config()
+    config = synthetic.get_config("tiny")
     config.serving.ivf_probe = 0
     with pytest.raises(ConfigError, match="serving.ivf_probe=0 must be >= 1"):
         export.write_export(str(tmp_path / "export"), trained, config)
@@ -301,7 +305,7 @@ def test_string_item_ids(run, recommender, tmp_path):
     renamed = dataclasses.replace(
         trained, data=dataclasses.replace(trained.data, item_raw_ids=names)
     )
-    manifest = export.write_export(str(tmp_path / "export"), renamed, tiny_config())
+    manifest = export.write_export(str(tmp_path / "export"), renamed, synthetic.get_config("tiny"))
     assert manifest["item_id_type"] == "str"
     rec = serving.Recommender(str(tmp_path / "export"))
     assert rec.item_ids.dtype.kind == "U" and rec.id_type == "str"
@@ -337,23 +341,23 @@ def test_export_reads_checkpoints_of_an_older_train_state(run, tmp_path):
     ckpt.save(7, old_state, data_iter, checkpointing.Progress(0.3, 7, 0))
     ckpt.wait()
     ckpt.close()
-    restored = train.restore_best(tiny_config(), str(tmp_path))
+    restored = train.restore_best(synthetic.get_config("tiny"), str(tmp_path))
     assert restored.best_step == 7
     for name in ("item_embedding", "prototypes", "w3"):
         np.testing.assert_array_equal(restored.params[name][...], trained.params[name][...])
-    manifest = export.write_export(str(tmp_path / "export"), restored, tiny_config())
+    manifest = export.write_export(str(tmp_path / "export"), restored, synthetic.get_config("tiny"))
     assert manifest["best_step"] == 7
 
 
 def test_restore_best_without_checkpoints(tmp_path):
     with pytest.raises(SineError, match="no checkpoint to restore; train first"):
-        train.restore_best(tiny_config(), str(tmp_path))
+        train.restore_best(synthetic.get_config("tiny"), str(tmp_path))
 
 
 def test_serving_fields_do_not_block_resuming():
-    old = tiny_config().to_dict()
+    old = synthetic.get_config("tiny").to_dict()
     del old["serving"]  # a run recorded before the serving fields existed
-    new = tiny_config()
+    new = synthetic.get_config("tiny")
     new.serving.index = "hnsw"
     assert run_config.differing_fields(old, new.to_dict()) == []
     new.model.embed_dim = 8

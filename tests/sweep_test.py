@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from train_test import REPO, TINY_ARGS
 
 from launch import sweep as sweep_cli
 from sine_jax.experiments import sweep
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = os.path.join(REPO, "launch", "sweep.py")
 CONFIG = os.path.join(REPO, "configs", "synthetic.py")
 
@@ -152,10 +152,8 @@ def test_visible_gpus():
 
 
 def test_two_job_sweep_end_to_end_then_skipped_when_rerun(tmp_path):
-    fixed = dict(arg.removeprefix("--config.").split("=", 1) for arg in TINY_ARGS[1:])
-    fixed["train.num_epochs"] = "1"
-    command = [sys.executable, SWEEP, TINY_ARGS[0], f"--workdir={tmp_path}", "--seeds=0,1",
-               *(f"--set={field}={value}" for field, value in fixed.items())]
+    command = [sys.executable, SWEEP, "--config=configs/synthetic.py:tiny",
+               f"--workdir={tmp_path}", "--seeds=0,1", "--set=train.num_epochs=1"]
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
 
     first = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env,

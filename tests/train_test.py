@@ -15,36 +15,6 @@ from sine_jax.errors import ConfigError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config():
-    """A run of a few seconds: small synthetic data, small model."""
-    config = synthetic.get_config()
-    config.data.synthetic.num_users = 300
-    config.data.synthetic.num_items = 200
-    config.data.synthetic.num_categories = 10
-    config.model.embed_dim = 16
-    config.model.num_prototypes = 10
-    config.train.batch_size = 64
-    config.train.num_epochs = 2
-    config.train.log_every_steps = 10
-    config.eval.every_steps = 40
-    config.checkpoint.every_steps = 25
-    return config
-
-
-# The command-line form of tiny_config() (what `export` needs to rebuild the same model).
-TINY_ARGS = (
-    "--config=configs/synthetic.py",
-    "--config.data.synthetic.num_users=300",
-    "--config.data.synthetic.num_items=200",
-    "--config.data.synthetic.num_categories=10",
-    "--config.model.embed_dim=16",
-    "--config.model.num_prototypes=10",
-    "--config.train.batch_size=64",
-    "--config.train.num_epochs=2",
-    "--config.eval.every_steps=40",
-)
-
-
 @pytest.fixture(scope="module")
 def synthetic_results(tmp_path_factory):
     """The README's first command, in process: configs/synthetic.py on one device."""
@@ -109,7 +79,7 @@ def test_results_json_schema(synthetic_results):
 
 
 def test_interrupt_and_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
-    config = tiny_config()
+    config = synthetic.get_config("tiny")
     reference = train.train_and_evaluate(config, str(tmp_path / "ref"))
 
     real_make_step_fn = step.make_step_fn
@@ -144,7 +114,7 @@ def test_interrupt_and_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch
 
 
 def test_short_run_still_validates_and_tests(tmp_path):
-    config = tiny_config()
+    config = synthetic.get_config("tiny")
     config.train.num_epochs = 1
     config.eval.every_steps = 10_000  # never reached: the final validation must still run
     results = train.train_and_evaluate(config, str(tmp_path))
@@ -153,23 +123,23 @@ def test_short_run_still_validates_and_tests(tmp_path):
 
 
 def test_bad_configs_are_rejected_before_compiling():
-    config = tiny_config()
+    config = synthetic.get_config("tiny")
     config.train.batch_size = 60
     config.mesh.data = 8
     with pytest.raises(ConfigError, match="train.batch_size=60"):
         config_checks.check_config(config, num_devices=8)
-    config = tiny_config()
+    config = synthetic.get_config("tiny")
     config.mesh.data = 3
     with pytest.raises(ConfigError, match="mesh.data=3"):
         config_checks.check_config(config, num_devices=8)
-    config = tiny_config()
+    config = synthetic.get_config("tiny")
     config.loss.name = "bpr"
     with pytest.raises(ConfigError, match="loss.name='bpr'.*sampled_softmax"):
         config_checks.check_config(config, num_devices=8)
 
 
 def test_k_larger_than_l_is_a_config_error(tmp_path):
-    config = tiny_config()
+    config = synthetic.get_config("tiny")
     config.model.num_interests = 12
     with pytest.raises(ConfigError, match="num_interests"):
         train.train_and_evaluate(config, str(tmp_path))
@@ -228,7 +198,7 @@ def test_cli_eval_mode_reproduces_training_results(tmp_path):
 
 
 def test_held_out_users_protocol_end_to_end(tmp_path):
-    config = tiny_config()
+    config = synthetic.get_config("tiny")
     config.data.split = "held_out_users"
     config.eval.ks = (20, 50)
     config.eval.metric = "Recall@20"
