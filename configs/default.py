@@ -41,18 +41,18 @@ def get_config() -> config_dict.ConfigDict:
     config.model = model = config_dict.ConfigDict()
     # sine | sine_cate (item categories as the prototype pool) | sine_label (MIND's label-aware
     # attention instead of eqs 6-8; K x N retrieval) | the baselines gru4rec caser sasrec mind
-    # mcprn comirec_sa | pop (training counts; nothing trained). See sine_jax/models.py.
+    # mcprn comirec_sa | pop (training counts; nothing trained). See sine_jax/models/.
     model.name = "sine"
     model.embed_dim = 128  # D
     model.num_interests = 4  # K, interests activated per user
     model.num_prototypes = 50  # L, concept prototypes in the pool ("topic_num" in the reference code)
     model.max_seq_len = 20  # n, history length (most recent n items)
     model.temperature = 0.1  # tau of eq 7
-    # default (the paper's equations + eq 3's cosine assignment, which passed DESIGN.md's
+    # default (the paper's equations + eq 3's cosine assignment, which passed the
     # decision rule: +0.80 / +1.20 points of validation HR@10 on ML-1M / ML-100K) | paper (the
     # equations as printed) | official (the reference code): sets every switch left at None.
     model.preset = "default"
-    # Ambiguity switches (DESIGN.md section 4); None takes the preset's value.
+    # Ambiguity switches (sine_jax/models/sine.py, SineOptions); None takes the preset's value.
     model.attention_hidden = config_dict.placeholder(int)  # hidden width of eqs 1 and 4 (0 = D; official 512)
     model.assignment = config_dict.placeholder(str)  # eq 3: layernorm (paper) | cosine (cos/0.07)
     model.interest_attention = config_dict.placeholder(str)  # eq 4: per_interest | shared_gated

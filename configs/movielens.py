@@ -1,6 +1,6 @@
 """MovieLens. `paper` (the default): the paper's Table 3 settings, K=4, L=50, D=128, n=20,
 lambda=0.5, 5 x B sampled negatives, with the model's default preset: the paper's equations
-and eq 3's cosine assignment, the one deviation that passed DESIGN.md's decision rule (+1.71
+and eq 3's cosine assignment, the one deviation that passed the decision rule (+1.71
 / +1.20 points of validation HR@10 on the ML-1M subset / ML-100K, 3 paired seeds; test HR@10
 25.90 on the ML-1M subset); `--config.model.preset=paper` trains the equations as printed (24.64).
 `tuned`: the paper preset plus what docs/results.md found to narrow the gap to the
