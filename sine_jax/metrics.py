@@ -1,4 +1,4 @@
-"""Full-ranking metrics over all items 1..M (DESIGN.md section 5).
+"""Full-ranking metrics over all items 1..M.
 
 One target per user (leave-one-out): the target's rank among all items, then HR@N and NDCG@N.
 Several targets per user (held-out users): the top-k items, then Recall@N, NDCG@N and

@@ -1,5 +1,5 @@
 """Row-sparse ("lazy") Adam for an embedding table: a step reads and writes only the rows
-it touches, so its cost does not grow with the catalogue (DESIGN.md section 6).
+it touches, so its cost does not grow with the catalogue.
 
 The gradient is taken with respect to the gathered rows, and Adam's update for those rows
 (optax.adam's formulas, bias correction by the number of steps taken) is scattered into the

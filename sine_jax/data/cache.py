@@ -59,7 +59,8 @@ class Cache:
         self.prefix = f"{name}-{entry_key(self.key_material)}"
         self.dir = cache_dir
         base = os.path.join(cache_dir, self.prefix)
-        self.npz_path, self.json_path, self.lock_path = base + ".npz", base + ".json", base + ".lock"
+        self.npz_path, self.json_path = base + ".npz", base + ".json"
+        self.lock_path = base + ".lock"
 
     def load(self) -> tuple[dict[str, np.ndarray], dict] | None:
         """(arrays, sidecar) of a complete entry for this key; None if absent or damaged."""

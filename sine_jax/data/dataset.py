@@ -1,6 +1,6 @@
 """Preprocessing: interaction log -> filtered, remapped, split CSR sequences, cached.
 
-Rules (DESIGN.md section 3), in this order:
+Rules, in this order:
   1. Raw ids (integers, or strings such as Amazon's) get dense codes in ascending raw-id order.
   2. Filters (`filters.min_count_filter`): items with fewer than `data.min_item_interactions`
      events are dropped, then users with fewer than `data.min_user_interactions` (at least 3

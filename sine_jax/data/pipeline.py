@@ -2,9 +2,9 @@
 
 Training examples: every position t >= 1 of each user's training sequence (`SequenceData.
 train_bounds`: leave-one-out, all but the last two items; held-out users, the whole sequence
-of a training user) predicts item t from the up-to-n items before it. Examples are enumerated user by user, position by position:
-example e of user u (u's examples are example_offsets[u] .. example_offsets[u+1]-1) is position
-t = e - example_offsets[u] + 1.
+of a training user) predicts item t from the up-to-n items before it. Examples are enumerated
+user by user, position by position: example e of user u (u's examples are example_offsets[u]
+.. example_offsets[u+1]-1) is position t = e - example_offsets[u] + 1.
 
 The training stream is infinite: epoch 0's examples in a shuffled order, then epoch 1's in
 another order, and so on; batch `s` holds stream positions s*B .. s*B+B-1 (so a batch may

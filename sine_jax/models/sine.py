@@ -7,8 +7,8 @@ most recent item is always at position n - 1; `mask` is `history > 0` [B, n].
 The math is in small pure functions (no Flax, no flags) that a notebook can import; `SINE`
 owns the parameters and composes them according to `SineOptions`. Three presets:
 
-* "default": the paper's equations with the deviations that passed DESIGN.md's decision
-  rule (at least +0.5 points of mean validation HR@10 over 3 seeds on both the ML-1M subset
+* "default": the paper's equations with the deviations that passed the decision rule
+  (at least +0.5 points of mean validation HR@10 over 3 seeds on both the ML-1M subset
   and ML-100K; docs/results.md): eq 3's cosine assignment (+0.80 and +1.20 points).
 * "paper": the equations as printed.
 * "official": the choices of the authors' TensorFlow code (`Qiaoyut/SINE`, `model.py`,
@@ -425,8 +425,8 @@ class SineOptions:
             raise ConfigError(f"model.temperature={tau!r} must be a number > 0")
 
 
-# The deviations from the printed equations that passed DESIGN.md's decision rule, with the
-# paired gain in mean validation HR@10 over 3 seeds (docs/results.md, "Each switch").
+# The deviations from the printed equations that passed the decision rule, with the paired
+# gain in mean validation HR@10 over 3 seeds (docs/results.md, "Each ambiguity switch").
 ADOPTED = {
     "assignment": "cosine",  # +0.80 points on the ML-1M subset, +1.20 on ML-100K
 }
