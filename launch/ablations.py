@@ -29,15 +29,12 @@ Exit code: 0 when every job finished, 1 when one failed, 2 for a bad argument (n
 runs), 130 when interrupted (rerun to resume).
 """
 
-import datetime
-import os
 import sys
 
 from absl import flags
 
 from sine_jax import cli
 from sine_jax.experiments import ablations, paper_table, sweep, tables
-from sine_jax.workdir import write_json_atomic
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
@@ -64,24 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     except sweep.SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    os.makedirs(args.workdir, exist_ok=True)
-    if not args.collect_only and not sweep.run_jobs(jobs, devices, args.workdir):
+    runs = tables.run_and_collect(jobs, devices, args.workdir, collect_only=args.collect_only)
+    if runs is None:
         return 130
-    runs = tables.collect_runs(jobs, args.workdir)
     rows = ablations.aggregate(runs)
-    seeds = sweep.parse_seeds(args.seeds)
-    path = os.path.join(args.workdir, "ablations.md")
-    with open(path, "w") as f:
-        f.write(tables.header("SINE's switches, one at a time", args.config, args.set,
-                                   config, seeds) + ablations.markdown_table(rows, ks, metrics))
-    write_json_atomic(os.path.join(args.workdir, "ablations.json"), {
-        "config": args.config, "overrides": args.set, "protocol": tables.protocol(config),
-        "seeds": seeds, "ks": ks, "date": datetime.date.today().isoformat(),
-        "variants": {name: change for name, (change, _) in ablations.VARIANTS.items()},
-        "runs": [tables.run_record(run) for run in runs], "rows": rows})
-    done = sum(run["status"] == "done" for run in runs)
-    print(f"{done}/{len(runs)} runs finished; table in {path}")
-    return 1 if any(run["status"] == "failed" for run in runs) else 0
+    variants = {name: change for name, (change, _) in ablations.VARIANTS.items()}
+    path = tables.write_outputs(
+        args.workdir, "ablations", "SINE's switches, one at a time",
+        ablations.markdown_table(rows, ks, metrics),
+        {"ks": ks, "variants": variants, "rows": rows}, config_spec=args.config, sets=args.set,
+        config=config, seeds=sweep.parse_seeds(args.seeds), runs=runs)
+    return tables.report(runs, f"table in {path}")
 
 
 if __name__ == "__main__":

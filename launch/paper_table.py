@@ -26,15 +26,12 @@ when every job finished, 1 when one failed, 2 for a bad argument (nothing runs),
 interrupted (rerun to resume).
 """
 
-import datetime
-import os
 import sys
 
 from absl import flags
 
 from sine_jax import cli
 from sine_jax.experiments import paper_table, sweep, tables
-from sine_jax.workdir import write_json_atomic
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
@@ -58,22 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     except sweep.SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    os.makedirs(args.workdir, exist_ok=True)
-    if not args.collect_only and not sweep.run_jobs(jobs, devices, args.workdir):
+    runs = tables.run_and_collect(jobs, devices, args.workdir, collect_only=args.collect_only)
+    if runs is None:
         return 130
-    runs = tables.collect_runs(jobs, args.workdir)
     rows = paper_table.aggregate(runs)
-    seeds = sweep.parse_seeds(args.seeds)
-    with open(os.path.join(args.workdir, "table.md"), "w") as f:
-        f.write(tables.header("Table 1", args.config, args.set, config, seeds)
-                + paper_table.markdown_table(rows, ks, metrics, paper))
-    write_json_atomic(os.path.join(args.workdir, "table.json"), {
-        "config": args.config, "overrides": args.set, "protocol": tables.protocol(config),
-        "seeds": seeds, "ks": ks, "metrics": metrics, "date": datetime.date.today().isoformat(),
-        "runs": [tables.run_record(run) for run in runs], "rows": rows, "paper": paper})
-    done = sum(run["status"] == "done" for run in runs)
-    print(f"{done}/{len(runs)} runs finished; table in {os.path.join(args.workdir, 'table.md')}")
-    return 1 if any(run["status"] == "failed" for run in runs) else 0
+    path = tables.write_outputs(
+        args.workdir, "table", "Table 1", paper_table.markdown_table(rows, ks, metrics, paper),
+        {"ks": ks, "metrics": metrics, "rows": rows, "paper": paper}, config_spec=args.config,
+        sets=args.set, config=config, seeds=sweep.parse_seeds(args.seeds), runs=runs)
+    return tables.report(runs, f"table in {path}")
 
 
 if __name__ == "__main__":

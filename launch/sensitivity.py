@@ -24,7 +24,6 @@ Exit code: 0 when every job finished, 1 when one failed, 2 for a bad argument, 1
 interrupted (rerun to resume).
 """
 
-import datetime
 import os
 import sys
 
@@ -32,7 +31,6 @@ from absl import flags
 
 from sine_jax import cli
 from sine_jax.experiments import sensitivity, sweep, tables
-from sine_jax.workdir import write_json_atomic
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
@@ -58,33 +56,25 @@ def main(argv: list[str] | None = None) -> int:
             raise sweep.SweepError("every cell has K > L: give smaller --ks_interests or "
                                    "larger --prototypes")
         config = tables.load_config(args.config, args.set)
-        metrics = [sensitivity.check_metric(m, config) for m in dict.fromkeys([args.metric,
-                                                                   args.second_metric])]
+        metrics = [sensitivity.check_metric(m, config)
+                   for m in dict.fromkeys([args.metric, args.second_metric])]
         devices = sweep.job_slots(args.devices, args.cpu_jobs)
     except sweep.SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    os.makedirs(args.workdir, exist_ok=True)
-    if not args.collect_only and not sweep.run_jobs(jobs, devices, args.workdir):
+    runs = tables.run_and_collect(jobs, devices, args.workdir, collect_only=args.collect_only)
+    if runs is None:
         return 130
-    runs = tables.collect_runs(jobs, args.workdir)
     cells = sensitivity.aggregate(runs, ks_interests, prototypes)
-    seeds = sweep.parse_seeds(args.seeds)
-    sensitivity.plot_heatmap(cells, ks_interests, prototypes, metrics,
-                 os.path.join(args.workdir, "heatmap.png"))
-    with open(os.path.join(args.workdir, "sensitivity.md"), "w") as f:
-        f.write(tables.header("Sensitivity to K and L (Figure 4)", args.config, args.set,
-                                   config, seeds)
-                + sensitivity.markdown_tables(cells, ks_interests, prototypes, metrics))
-    write_json_atomic(os.path.join(args.workdir, "sensitivity.json"), {
-        "config": args.config, "overrides": args.set, "protocol": tables.protocol(config),
-        "seeds": seeds, "ks_interests": ks_interests, "prototypes": prototypes,
-        "metrics": metrics, "date": datetime.date.today().isoformat(),
-        "runs": [tables.run_record(run) for run in runs], "cells": cells})
-    done = sum(run["status"] == "done" for run in runs)
-    print(f"{done}/{len(runs)} runs finished; heatmap in "
-          f"{os.path.join(args.workdir, 'heatmap.png')}")
-    return 1 if any(run["status"] == "failed" for run in runs) else 0
+    heatmap = os.path.join(args.workdir, "heatmap.png")
+    sensitivity.plot_heatmap(cells, ks_interests, prototypes, metrics, heatmap)
+    tables.write_outputs(
+        args.workdir, "sensitivity", "Sensitivity to K and L (Figure 4)",
+        sensitivity.markdown_tables(cells, ks_interests, prototypes, metrics),
+        {"ks_interests": ks_interests, "prototypes": prototypes, "metrics": metrics,
+         "cells": cells}, config_spec=args.config, sets=args.set, config=config,
+        seeds=sweep.parse_seeds(args.seeds), runs=runs)
+    return tables.report(runs, f"heatmap in {heatmap}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import numpy as np
 from absl import flags
 
 from sine_jax.experiments import sweep
+from sine_jax.workdir import write_json_atomic
 
 
 def load_config(spec: str, sets: list[str]):
@@ -147,6 +148,39 @@ def header(title: str, spec: str, sets: list[str], config, seeds: list[str]) -> 
               "over the seeds that finished"),
              f"- date: {datetime.date.today().isoformat()}"]
     return "\n".join(lines) + "\n\n"
+
+
+def run_and_collect(jobs: list[sweep.Job], devices: list[str | None], workdir: str, *,
+                    collect_only: bool) -> list[dict] | None:
+    """Runs the jobs not done yet (none with `collect_only`), then `collect_runs`; None when
+    interrupted (a rerun resumes)."""
+    os.makedirs(workdir, exist_ok=True)
+    if not collect_only and not sweep.run_jobs(jobs, devices, workdir):
+        return None
+    return collect_runs(jobs, workdir)
+
+
+def write_outputs(workdir: str, name: str, title: str, body: str, fields: dict, *,
+                  config_spec: str, sets: list[str], config, seeds: list[str],
+                  runs: list[dict]) -> str:
+    """Writes WORKDIR/NAME.md (`header` above BODY) and WORKDIR/NAME.json (what every table
+    records: config, overrides, protocol, seeds, date, every run; then FIELDS); returns the
+    Markdown file's path."""
+    path = os.path.join(workdir, f"{name}.md")
+    with open(path, "w") as f:
+        f.write(header(title, config_spec, sets, config, seeds) + body)
+    write_json_atomic(os.path.join(workdir, f"{name}.json"), {
+        "config": config_spec, "overrides": sets, "protocol": protocol(config), "seeds": seeds,
+        "date": datetime.date.today().isoformat(), "runs": [run_record(run) for run in runs],
+        **fields})
+    return path
+
+
+def report(runs: list[dict], where: str) -> int:
+    """Prints 'D/N runs finished; WHERE'; the exit code: 1 when a run failed, else 0."""
+    done = sum(run["status"] == "done" for run in runs)
+    print(f"{done}/{len(runs)} runs finished; {where}")
+    return 1 if any(run["status"] == "failed" for run in runs) else 0
 
 
 def define_table_flags(flag_values: flags.FlagValues, workdir_help: str) -> None:
