@@ -48,6 +48,9 @@ def get_config() -> config_dict.ConfigDict:
     model.num_prototypes = 50  # L, concept prototypes in the pool ("topic_num" in the reference code)
     model.max_seq_len = 20  # n, history length (most recent n items)
     model.temperature = 0.1  # tau of eq 7
+    # Dropout rate at training, every model (where: see each model's docstring); None = the
+    # model's own paper's value (SASRec 0.2, Caser 0.5, GRU4Rec 0.3, others 0).
+    model.dropout = config_dict.placeholder(float)
     # default (the paper's equations + eq 3's cosine assignment, which passed the
     # decision rule: +0.80 / +1.20 points of validation HR@10 on ML-1M / ML-100K) | paper (the
     # equations as printed) | official (the reference code): sets every switch left at None.
@@ -63,6 +66,9 @@ def get_config() -> config_dict.ConfigDict:
     # Beyond the paper: the history's X_t from an input table of its own (separate) or from the
     # scored item table (shared: paper and reference code). See docs/results.md.
     model.input_table = config_dict.placeholder(str)  # shared | separate
+    # Eqs 3 and 7: the product of two LayerNorm'd vectors as printed (about D x their cosine,
+    # which makes both softmaxes one-hot) | cosine (divided by D).
+    model.logit_scale = config_dict.placeholder(str)  # printed | cosine
     # Baselines' own fields (they also read embed_dim, max_seq_len and num_interests).
     model.sasrec = config_dict.ConfigDict()
     model.sasrec.num_blocks = 2  # self-attention blocks (SASRec paper: 2)
@@ -90,6 +96,7 @@ def get_config() -> config_dict.ConfigDict:
     train.num_epochs = 20  # passes over all training examples (upper bound with early stopping)
     train.seed = 0  # model init, negatives and data order
     train.learning_rate = 1e-3  # Adam
+    train.weight_decay = 0.0  # AdamW's decoupled weight decay, every parameter; 0 = plain Adam
     train.warmup_steps = 0  # linear warm-up from 0 to the learning rate
     train.lr_decay = "constant"  # constant | cosine (to 0 at the last step)
     train.grad_clip_norm = 0.0  # global-norm gradient clipping; 0 = off

@@ -1,4 +1,5 @@
-"""Full-ranking evaluation: encode users on device, rank all items.
+"""Full-ranking evaluation: encode users on device, rank all items; and how many interests
+the users of a multi-interest model really have.
 
 Shapes: U users evaluated, B users per batch, n history length, H exclusion-list length,
 D dim, M items.
@@ -86,8 +87,9 @@ def make_top_fn(
 def _batched(
     fn: Callable, params, arrays: dict[str, np.ndarray], names: Sequence[str], *,
     batch_size: int, mesh: jax.sharding.Mesh,
-) -> np.ndarray:
-    """fn(params, *arrays[names]) over all users in batches of `batch_size`.
+):
+    """fn(params, *arrays[names]) over all users in batches of `batch_size`; the outputs (an
+    array or a pytree of arrays, each with a leading user axis) concatenated over users.
 
     The last batch is padded (zeros; a padded `target` is 1) so every call has the same
     shapes (one compile); padded rows are dropped from the result.
@@ -104,7 +106,8 @@ def _batched(
             block = np.pad(block, pad, constant_values=1 if name == "target" else 0)
             inputs.append(jax.device_put(block, batch_sharding))
         outputs.append((fn(params, *inputs), size))  # dispatched; read back below
-    return np.concatenate([np.asarray(out)[:size] for out, size in outputs])
+    parts = [jax.tree.map(lambda a, size=size: np.asarray(a)[:size], out) for out, size in outputs]
+    return jax.tree.map(lambda *blocks: np.concatenate(blocks), *parts)
 
 
 def compute_ranks(
@@ -140,6 +143,36 @@ def evaluate(
         eval_fn, params, arrays, ("history", "exclude"), batch_size=batch_size, mesh=mesh
     )
     return metrics.multi_target_metrics(top, arrays["targets"], ks)
+
+
+def make_interest_fn(interest_summary: Callable, mesh: jax.sharding.Mesh) -> Callable:
+    """Jitted (params, history [B, n]) -> `sine.InterestSummary`, replicated outputs."""
+    return jax.jit(interest_summary, out_shardings=sharding.replicated(mesh))
+
+
+def interest_diagnostics(
+    interest_fn: Callable, params, arrays: dict[str, np.ndarray], *, batch_size: int,
+    mesh: jax.sharding.Mesh, num_prototypes: int,
+) -> dict[str, float]:
+    """How many interests the users of `arrays` really have (results.json's "interests").
+
+    Returns:
+        effective_k: the mean over users of exp(entropy of e_k), in [1, K] (absent for
+            models without interest weights e);
+        history_interests: the mean number of distinct interests the users' history items
+            are assigned to (argmax_k P(k|t)), in [1, K];
+        prototypes_used: the fraction of the L prototypes that some user activates.
+    """
+    summary = _batched(
+        interest_fn, params, arrays, ("history",), batch_size=batch_size, mesh=mesh
+    )
+    out = {
+        "history_interests": float(summary.history_interests.mean()),
+        "prototypes_used": len(np.unique(summary.prototype_ids)) / num_prototypes,
+    }
+    if summary.effective_k is not None:
+        out["effective_k"] = float(summary.effective_k.mean())
+    return out
 
 
 def popularity_queries_and_table(

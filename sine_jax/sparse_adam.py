@@ -63,8 +63,10 @@ def update(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
+    weight_decay: float = 0.0,
 ) -> tuple[jax.Array, LazyAdamState]:
-    """One Adam step on the rows `unique` of `table`, given their gradients.
+    """One Adam step on the rows `unique` of `table`, given their gradients (AdamW's
+    decoupled weight decay, as `optax.adamw`, on those rows when `weight_decay` > 0).
 
     Args:
       table: [R, D] (donated by the caller's jit).
@@ -81,7 +83,8 @@ def update(
     nu = (1 - b2) * row_grads**2 + b2 * gather_rows(state.nu, unique)
     mu_hat = mu / (1 - b1**count).astype(mu.dtype)
     nu_hat = nu / (1 - b2**count).astype(nu.dtype)
-    rows = gather_rows(table, unique) - learning_rate * mu_hat / (jnp.sqrt(nu_hat) + eps)
+    old = gather_rows(table, unique)
+    rows = old - learning_rate * (mu_hat / (jnp.sqrt(nu_hat) + eps) + weight_decay * old)
     new_table = table.at[unique].set(rows.astype(table.dtype), mode="drop")
     new_mu = state.mu.at[unique].set(mu, mode="drop")
     new_nu = state.nu.at[unique].set(nu, mode="drop")

@@ -48,6 +48,7 @@ class SplitModel:
     mesh: jax.sharding.Mesh
     num_items: int  # M
     table_rows: int  # R >= M + 1: the item table with padding rows (`padded_table_rows`)
+    num_prototypes: int  # L of a model with interests (`summarize_interests`); else 0
 
     def merge(self, params: nnx.State) -> nnx.Module:
         """The module with `params` (e.g. restored from a checkpoint)."""
@@ -59,20 +60,27 @@ class SplitModel:
         model = self.merge(params)
         return model.encode(history), model.item_embedding[...]
 
+    def interest_summary(self, params: nnx.State, history: jax.Array):
+        """`sine.InterestSummary` of histories int32 [B, n] (models with interests only)."""
+        return self.merge(params).summarize_interests(history)
+
 
 @dataclasses.dataclass(frozen=True)
 class StepContext:
     """What the train step closes over (static, not traced)."""
 
     model: SplitModel
-    tx: optax.GradientTransformation  # Adam with the schedule, without clipping
+    tx: optax.GradientTransformation  # Adam(W) with the schedule, without clipping
     schedule: optax.Schedule
+    weight_decay: float  # AdamW's decoupled weight decay (0: plain Adam)
     state_sharding: Any
     abstract_state: Any  # ShapeDtypeStructs of the TrainState with their shardings
     sparse: bool  # row-sparse Adam for the item table
 
 
 _TABLE = nnx.PathContains("item_embedding")
+# Folded into the step's base key for the dropout stream (the negatives use the base key).
+DROPOUT_STREAM = 2**31 - 1
 
 
 def learning_rate_schedule(train_config, total_steps: int) -> optax.Schedule:
@@ -157,9 +165,12 @@ def split_model(
     # The model's fixed arrays (`layers.Constant`), made for real; XLA drops the parameters.
     rest = jax.jit(lambda: nnx.split(build(), nnx.Param, ...)[2])()
     params_sharding = sharding.state_sharding(abstract_params, mesh, config.mesh.shard_prototypes)
+    num_prototypes = (
+        abstract_model.num_prototypes if hasattr(abstract_model, "summarize_interests") else 0
+    )
     return SplitModel(
         graphdef, rest, sharding.with_shardings(abstract_params, params_sharding), build, mesh,
-        num_items, table_rows,
+        num_items, table_rows, num_prototypes,
     )
 
 
@@ -169,7 +180,8 @@ def create_train_state(
     """Builds the parameters and the optimizer state, each array created directly with its
     sharding (a row-split table is never whole on one device)."""
     schedule = learning_rate_schedule(config.train, total_steps)
-    tx = optax.adam(schedule)
+    weight_decay = float(config.train.weight_decay)
+    tx = optax.adamw(schedule, weight_decay=weight_decay) if weight_decay else optax.adam(schedule)
     sparse = uses_sparse_updates(config, model.num_items)
 
     def init():
@@ -190,7 +202,9 @@ def create_train_state(
     )
     state = jax.jit(init, out_shardings=state_sharding)()
     abstract_state = sharding.with_shardings(abstract_state, state_sharding)
-    context = StepContext(model, tx, schedule, state_sharding, abstract_state, sparse)
+    context = StepContext(
+        model, tx, schedule, weight_decay, state_sharding, abstract_state, sparse
+    )
     return context, state
 
 
@@ -211,13 +225,15 @@ def train_step(
     lam: float, base_rng: jax.Array, clip_norm: float = 0.0, compute_dtype=jnp.float32,
     skip_nonfinite: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One Adam step on L = L_like + lambda L_c (eqs 9-11). Pure; no host syncs.
+    """One Adam(W) step on L = L_like + lambda L_c (eqs 9-11). Pure; no host syncs.
 
     With `context.sparse` the gradient is taken with respect to the item-table rows the batch
     touches (history, targets, negatives) and only those rows and their moments are updated
     (`sparse_adam`); otherwise every parameter gets a dense Adam step. Gradients are clipped
     to a global norm `clip_norm` (0 = off) over all of them. A step whose loss or gradient is
-    not finite is counted in the state; with `skip_nonfinite` its update is dropped.
+    not finite is counted in the state; with `skip_nonfinite` its update is dropped. The
+    model's dropout (if any) draws from a key folded from `base_rng` and the step, apart from
+    the negatives' key.
 
     Args:
       state: the train state.
@@ -234,6 +250,7 @@ def train_step(
     if not full:
         rng = jax.random.fold_in(base_rng, state.step)
         sampled = losses.log_uniform_sample(rng, num_samples, num_items)  # [S]
+    dropout_rng = jax.random.fold_in(jax.random.fold_in(base_rng, DROPOUT_STREAM), state.step)
     table_state, dense = nnx.split_state(state.params, _TABLE, ...)
     table = table_state["item_embedding"][...]  # [R, D]
     if context.sparse:
@@ -249,7 +266,7 @@ def train_step(
     def loss_fn(dense, rows):
         params = _with_table(_cast(dense, compute_dtype), rows.astype(compute_dtype))
         model = context.model.merge(params)
-        user_vectors = model.encode(history_idx)  # [B, D] or [B, K, D]
+        user_vectors = model.encode(history_idx, dropout_rng)  # [B, D] or [B, K, D]
         rows_c = model.item_embedding[...]
         if user_vectors.ndim == 3:  # multi-interest: the interest nearest each target
             user_vectors = layers.label_aware_readout(user_vectors, rows_c[target_idx])
@@ -280,7 +297,7 @@ def train_step(
         updates, opt_state = context.tx.update(dense_grads, state.opt_state, dense)
         new_table, item_moments = sparse_adam.update(
             table, state.item_moments, unique, row_grads,
-            context.schedule(state.item_moments.count),
+            context.schedule(state.item_moments.count), weight_decay=context.weight_decay,
         )
         params = _with_table(optax.apply_updates(dense, updates), new_table)
     else:

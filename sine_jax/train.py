@@ -41,6 +41,7 @@ class Run:
     test_arrays: dict[str, np.ndarray]
     model: step_lib.SplitModel
     eval_fn: Callable  # `evaluate.make_rank_fn` or `make_top_fn`, by data.split's protocol
+    interest_fn: Callable | None  # `evaluate.make_interest_fn` (models with interests)
     steps_per_epoch: int
     total_steps: int
     eval_every: int  # validation (and a checkpoint) every this many steps
@@ -75,6 +76,10 @@ def build_run(config: config_dict.ConfigDict, workdir: str) -> Run:
         test_arrays=test_arrays,
         model=model,
         eval_fn=_make_eval_fn(config, model.queries_and_table, mesh, data.num_items),
+        interest_fn=(
+            evaluate.make_interest_fn(model.interest_summary, mesh)
+            if model.num_prototypes else None
+        ),
         steps_per_epoch=steps_per_epoch,
         total_steps=config.train.num_epochs * steps_per_epoch,
         eval_every=config.eval.every_steps or steps_per_epoch,
@@ -86,6 +91,17 @@ def validation_metrics(run: Run, params: nnx.State) -> dict[str, float]:
     return evaluate.evaluate(
         run.eval_fn, params, run.valid_arrays,
         batch_size=run.config.eval.batch_size, mesh=run.mesh, ks=run.config.eval.ks,
+    )
+
+
+def interest_diagnostics(run: Run, params: nnx.State, arrays) -> dict[str, float] | None:
+    """`evaluate.interest_diagnostics` of the users of `arrays` (None for a model without
+    interests)."""
+    if run.interest_fn is None:
+        return None
+    return evaluate.interest_diagnostics(
+        run.interest_fn, params, arrays, batch_size=run.config.eval.batch_size, mesh=run.mesh,
+        num_prototypes=run.model.num_prototypes,
     )
 
 
@@ -129,6 +145,10 @@ def train_loop(
 
     def validate_and_save():
         _record_validation(run, step, validation_metrics(run, state.params), stopping, writer)
+        interests = interest_diagnostics(run, state.params, run.valid_arrays)
+        if interests is not None:
+            writer.write(step, {f"valid/interests/{k}": v for k, v in interests.items()})
+            logging.info("step %d: interests %s", step, _format(interests))
         ckpt.save(step, state, train_iter, stopping.record)
 
     # Checkpoints at evaluation steps (and at the last step) are saved after validating.
@@ -200,11 +220,12 @@ def _record_validation(
 ) -> None:
     """Writes and logs the validation metrics of `step` and updates early stopping."""
     writer.write(step, {f"valid/{k}": v for k, v in metrics.items()})
-    logging.info(
-        "step %d: validation %s",
-        step, " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
-    )
+    logging.info("step %d: validation %s", step, _format(metrics))
     stopping.update(step, metrics[run.config.eval.metric])
+
+
+def _format(values: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in sorted(values.items()))
 
 
 def _log_train_metrics(run: Run, step: int, metrics, rate: float, writer: MetricWriter) -> None:
@@ -283,10 +304,15 @@ def _make_eval_fn(
 
 
 def _run_results(run: Run, params, best_step: int, start_time: float) -> dict[str, Any]:
-    return _results(
+    results = _results(
         run.config, run.data, run.eval_fn, params, run.valid_arrays, run.test_arrays, run.mesh,
         best_step, start_time,
     )
+    interests = interest_diagnostics(run, params, run.test_arrays)
+    if interests is not None:  # the test users'
+        results["interests"] = interests
+        logging.info("test users' interests: %s", _format(interests))
+    return results
 
 
 def _results(
@@ -297,10 +323,7 @@ def _results(
     kwargs = dict(batch_size=config.eval.batch_size, mesh=mesh, ks=config.eval.ks)
     valid = evaluate.evaluate(eval_fn, params, valid_arrays, **kwargs)
     test = evaluate.evaluate(eval_fn, params, test_arrays, **kwargs)
-    logging.info(
-        "test at best step %d: %s",
-        best_step, " ".join(f"{k}={v:.4f}" for k, v in sorted(test.items())),
-    )
+    logging.info("test at best step %d: %s", best_step, _format(test))
     return {
         "test": test,
         "valid": valid,

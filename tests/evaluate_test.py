@@ -1,6 +1,7 @@
 """make_rank_fn / make_top_fn give the same ranks and lists on (data,) and (data, model) meshes."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -59,3 +60,30 @@ def test_rank_and_top_fns_agree_across_meshes(mask_history):
         top_fn = evaluate.make_top_fn(_encode, mesh, k=10, **kwargs)
         top = top_fn(params, arrays["history"], arrays["exclude"])  # all USERS in one batch
         np.testing.assert_array_equal(top, want_top)
+
+
+def test_interest_diagnostics_average_over_users_in_padded_batches():
+    """The batches' padding rows never count; prototypes_used counts distinct prototypes."""
+    from sine_jax.models import sine
+
+    users, k = 37, 3
+    history = np.ones((users, 4), np.int32)
+    history[:, 0] = np.arange(1, users + 1)  # user u's first item is u + 1
+    arrays = {"history": history}
+    rng = np.random.default_rng(1)
+    effective = rng.uniform(1.0, k, users).astype(np.float32)
+    used = rng.integers(1, k + 1, users).astype(np.int32)
+    protos = rng.integers(0, 9, (users, k)).astype(np.int32)  # of L = 12: 9 usable at most
+
+    def fake_summary(params, hist):  # looks the user up by its first history item
+        row = jnp.maximum(hist[:, 0] - 1, 0)  # padding rows (item 0) read user 0
+        return sine.InterestSummary(params[0][row], params[1][row], params[2][row])
+
+    mesh = _meshes()[0]
+    fn = evaluate.make_interest_fn(fake_summary, mesh)
+    params = (effective, used, protos)
+    out = evaluate.interest_diagnostics(fn, params, arrays, batch_size=BATCH, mesh=mesh,
+                                        num_prototypes=12)
+    assert out["effective_k"] == pytest.approx(effective.mean(), rel=1e-6)
+    assert out["history_interests"] == pytest.approx(used.mean())
+    assert out["prototypes_used"] == len(np.unique(protos)) / 12

@@ -69,13 +69,15 @@ def np_eq2(z, c, k):
     return np.stack(cu), np.stack(ids)
 
 
-def np_eq3(x, cu, w3, ln1, ln2):
-    """P(k|t) [B, n, K]; ln1/ln2 are (gain, bias)."""
+def np_eq3(x, cu, w3, ln1, ln2, scale=1.0):
+    """P(k|t) [B, n, K]; ln1/ln2 are (gain, bias); `scale` multiplies the logits."""
     p = np.zeros(x.shape[:2] + (cu.shape[1],))
     for b in range(x.shape[0]):
         for t in range(x.shape[1]):
             q = np_layernorm(x[b, t] @ w3, *ln1)
-            logits = np.array([q @ np_layernorm(cu[b, k], *ln2) for k in range(cu.shape[1])])
+            logits = scale * np.array(
+                [q @ np_layernorm(cu[b, k], *ln2) for k in range(cu.shape[1])]
+            )
             p[b, t] = np_softmax(logits)
     return p
 
@@ -134,10 +136,10 @@ def np_eq6(p_kt, cu, valid, w, w4, ln4, items=None, pos=None):
     return xhat, np_layernorm(pooled, *ln4)
 
 
-def np_eq78(c_apt, phi, tau):
+def np_eq78(c_apt, phi, tau, scale=1.0):
     e = np.stack(
         [
-            np_softmax(np.array([c_apt[b] @ phi[b, k] for k in range(phi.shape[1])]) / tau)
+            np_softmax(scale * np.array([c_apt[b] @ phi[b, k] for k in range(phi.shape[1])]) / tau)
             for b in range(phi.shape[0])
         ]
     )
@@ -162,8 +164,9 @@ def np_sine(params, history, opts, k, tau):
     z, a = np_eq1(x, valid, params["concept_w1"], params["concept_w2"], cpos)
     cu, idx = np_eq2(z, params["prototypes"], k)
     ln = lambda name: (params[f"{name}/scale"], params[f"{name}/bias"])
+    scale = 1.0 / x.shape[-1] if opts.logit_scale == "cosine" else 1.0
     if opts.assignment == "layernorm":
-        p_kt = np_eq3(x, cu, params["w3"], ln("norm1"), ln("norm2"))
+        p_kt = np_eq3(x, cu, params["w3"], ln("norm1"), ln("norm2"), scale)
     else:
         p_kt = np_eq3_cosine(x, cu)
     ln3 = ln("norm3") if opts.interest_layernorm else None
@@ -178,7 +181,7 @@ def np_sine(params, history, opts, k, tau):
     items = x if opts.aggregation_attention == "own_plus_items" else None
     _, c_apt = np_eq6(p_kt, cu, valid, w, params["aggregation_w4"], ln("norm4"), items, cpos)
     if opts.aggregation == "temperature":
-        v, e = np_eq78(c_apt, phi, tau)
+        v, e = np_eq78(c_apt, phi, tau, scale)
     else:
         v, e = np_dense_concat(c_apt, phi, params["query_kernel"], params["query_bias"])
     return {
@@ -364,6 +367,56 @@ def test_eq3_intention_assignment(rng, inputs):
     np.testing.assert_allclose(np.asarray(got).sum(-1), 1.0, **TOL)
 
 
+def test_eq3_scaled_logits(rng, inputs):
+    cu, w3 = _rand(rng, B, K, D), _rand(rng, D, D)
+    (norm1, ln1), (norm2, ln2) = _layernorm(rng), _layernorm(rng)
+    got = model_lib.intention_assignment(inputs["x"], cu, w3, norm1, norm2, scale=1.0 / D)
+    np.testing.assert_allclose(got, np_eq3(inputs["x"], cu, w3, ln1, ln2, 1.0 / D), **TOL)
+
+
+def test_cosine_logit_scale_is_the_cosine_of_the_normalised_vectors(rng):
+    """With unit gains and zero biases, LN(a) . LN(b) / D is the cosine of the centred a and
+    b (what the paper calls eq 3's product), so eq 7's logits are cosines / tau."""
+    c_apt, phi = _rand(rng, B, D), _rand(rng, B, K, D)
+    ones, zeros = np.ones(D, np.float32), np.zeros(D, np.float32)
+    ln = lambda v: np_layernorm(v, ones, zeros)  # noqa: E731
+    tau = 0.1
+    _, e = model_lib.interest_aggregation(jnp.asarray(ln(c_apt)), jnp.asarray(ln(phi)), tau, 1.0 / D)
+    centred = lambda v: v - v.mean(-1, keepdims=True)  # noqa: E731
+    a, p = centred(c_apt), centred(phi)
+    cos = np.einsum("bd,bkd->bk", a, p) / (
+        np.linalg.norm(a, axis=-1)[:, None] * np.linalg.norm(p, axis=-1)
+    )
+    np.testing.assert_allclose(e, np_softmax(cos / tau), rtol=1e-3, atol=1e-4)
+    _, e_printed = model_lib.interest_aggregation(jnp.asarray(ln(c_apt)), jnp.asarray(ln(phi)), tau)
+    assert np.asarray(e_printed).max(-1).min() > 0.99  # as printed: one-hot
+
+
+def test_summarize_interests_matches_a_count_by_hand(rng):
+    e = np_softmax(_rand(rng, B, K, scale=3.0))
+    assignment = np_softmax(_rand(rng, B, N, K, scale=3.0))
+    mask = np.ones((B, N), bool)
+    mask[0, :3] = False  # left padding
+    mask[1] = False  # nothing but padding
+    encoding = model_lib.UserEncoding(
+        None, None, jnp.asarray(e), jnp.zeros((B, K), jnp.int32), jnp.asarray(assignment), None
+    )
+    summary = model_lib.summarize_interests(encoding, jnp.asarray(mask))
+    want_k = [np.exp(-sum(p * np.log(p) for p in row)) for row in e]
+    np.testing.assert_allclose(summary.effective_k, want_k, rtol=1e-5)
+    want_used = [len({int(np.argmax(assignment[b, t])) for t in range(N) if mask[b, t]})
+                 for b in range(B)]
+    np.testing.assert_array_equal(summary.history_interests, want_used)
+    one_hot = np.eye(K)[[0] * B]
+    encoding = encoding._replace(interest_weights=jnp.asarray(one_hot))
+    np.testing.assert_allclose(model_lib.summarize_interests(encoding, mask).effective_k, 1.0)
+    uniform = encoding._replace(interest_weights=jnp.full((B, K), 1.0 / K))
+    np.testing.assert_allclose(
+        model_lib.summarize_interests(uniform, mask).effective_k, K, rtol=1e-6
+    )
+    assert model_lib.summarize_interests(encoding._replace(interest_weights=None), mask)[0] is None
+
+
 def test_eq3_cosine_assignment(rng, inputs):
     cu = _rand(rng, B, K, D)
     got = model_lib.cosine_assignment(inputs["x"], cu)
@@ -425,6 +478,10 @@ def test_eq78_interest_aggregation(rng):
     v_ref, e_ref = np_eq78(c_apt, phi, 0.1)
     np.testing.assert_allclose(v, v_ref, **TOL)
     np.testing.assert_allclose(e, e_ref, **TOL)
+    v, e = model_lib.interest_aggregation(c_apt, phi, 0.1, 1.0 / D)
+    v_ref, e_ref = np_eq78(c_apt, phi, 0.1, 1.0 / D)
+    np.testing.assert_allclose(v, v_ref, **TOL)
+    np.testing.assert_allclose(e, e_ref, **TOL)
 
 
 def test_dense_concat_aggregation(rng):
@@ -440,9 +497,12 @@ def test_dense_concat_aggregation(rng):
 # The module.
 
 
-@pytest.mark.parametrize("preset", ["paper", "official"])
+@pytest.mark.parametrize("preset", ["paper", "official", "default", "paper+cosine_scale"])
 def test_module_matches_numpy_model(preset, rng):
-    opts = model_lib.PRESETS[preset]
+    if preset == "paper+cosine_scale":
+        opts = dataclasses.replace(model_lib.PRESETS["paper"], logit_scale="cosine")
+    else:
+        opts = model_lib.PRESETS[preset]
     module = _random_model(opts, seed=1)
     history = _history(rng)
     out = _encode(module, history)
@@ -669,6 +729,7 @@ _ALTERNATIVES = {
     "aggregation": ["dense_concat"],
     "positional_in_concept_attention": [True],
     "input_table": ["separate"],
+    "logit_scale": ["cosine"],
 }
 
 

@@ -73,6 +73,14 @@ def test_results_json_schema(synthetic_results):
         lines = [json.loads(line) for line in f]
     assert any("train/examples_per_sec" in line for line in lines)
     assert any("valid/HR@10" in line for line in lines)
+    # How many interests the test users have, also at each validation.
+    interests = on_disk["interests"]
+    assert set(interests) == {"effective_k", "history_interests", "prototypes_used"}
+    k, num_prototypes = on_disk["config"]["model"]["num_interests"], 20
+    assert 1.0 <= interests["effective_k"] <= k and 1.0 <= interests["history_interests"] <= k
+    assert 0.0 < interests["prototypes_used"] <= 1.0
+    assert (interests["prototypes_used"] * num_prototypes).is_integer()
+    assert any("valid/interests/effective_k" in line for line in lines)
     # Periodic checkpoints exist, and the best one was kept.
     steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
     assert on_disk["best_step"] in steps

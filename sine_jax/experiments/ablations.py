@@ -43,6 +43,9 @@ VARIANTS = {
         "eqs 1, 6: positional embeddings added to the attention input"),
     "input_table-separate": ({**PAPER, "model.input_table": "separate"},
                              "beyond the paper: the history read from an input table of its own"),
+    "logit_scale-cosine": ({**PAPER, "model.logit_scale": "cosine"},
+                           "eqs 3, 7: LayerNorm products divided by D (the cosine) instead of "
+                           "as printed (D x the cosine)"),
     "cov_weight-0": ({**PAPER, "loss.cov_weight": "0.0"},
                      "eq 11: lambda = 0 (no covariance regulariser)"),
     "official": ({"model.preset": "official"},

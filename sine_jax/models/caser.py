@@ -32,7 +32,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sine_jax.errors import ConfigError
-from sine_jax.models.layers import init_item_table, require_int
+from sine_jax.models.layers import dropout, dropout_rate, init_item_table, require_int
+
+# model.dropout when None: the Caser paper's and the authors' code's rate.
+DEFAULT_DROPOUT = 0.5
 
 # ---------------------------------------------------------------------------------------------
 # Pure functions.
@@ -96,8 +99,10 @@ def caser_query(
     vertical_bias: jax.Array,
     dense_kernel: jax.Array,
     dense_bias: jax.Array,
+    rate: float = 0.0,
+    rng: jax.Array | None = None,
 ) -> jax.Array:
-    """relu(concat[vertical, horizontal] W + b).
+    """relu(dropout(concat[vertical, horizontal]) W + b).
 
     Args:
         x: [B, n, D] the image (zeros at padding).
@@ -105,6 +110,8 @@ def caser_query(
         vertical_kernel, vertical_bias: see `vertical_conv_features`.
         dense_kernel: [F_v D + n F_h, D].
         dense_bias: [D].
+        rate: dropout rate of the concatenated features, at training (with `rng`).
+        rng: the dropout key; None at evaluation.
 
     Returns:
         [B, D] the query.
@@ -116,6 +123,7 @@ def caser_query(
         ],
         axis=-1,
     )
+    features = dropout(features, rate, rng)
     return jax.nn.relu(features @ dense_kernel + dense_bias)
 
 
@@ -138,8 +146,7 @@ class Caser(nnx.Module):
     [L (L + 1) / 2, D, F_h] (heights 1..L stacked), horizontal_bias [L, F_h], vertical_kernel
     [L, F_v], vertical_bias [F_v], dense_kernel [F_v D + L F_h, D], dense_bias [D]; L =
     `model.caser.markov_order` (the pure functions call the image's rows n).
-    No dropout (the training step passes no dropout RNG; the authors' code drops out the
-    concatenated features).
+    At training the concatenated features are dropped out (the authors' code, rate 0.5).
     """
 
     def __init__(self, *, num_items: int, table_rows: int, model_config, rngs: nnx.Rngs):
@@ -156,6 +163,7 @@ class Caser(nnx.Module):
                 f"model.caser.markov_order={n} must be <= model.max_seq_len={max_seq_len}"
             )
         self.markov_order = n
+        self.dropout = dropout_rate(model_config, DEFAULT_DROPOUT)
         self.item_embedding = nnx.Param(init_item_table(rngs.params(), num_items, table_rows, d))
         self.horizontal_kernel = nnx.Param(_horizontal_kernel(rngs.params(), n, d, f_h))
         self.horizontal_bias = nnx.Param(jnp.zeros((n, f_h)))
@@ -169,11 +177,12 @@ class Caser(nnx.Module):
         self.dense_kernel = nnx.Param(glorot(rngs.params(), (f_v * d + n * f_h, d)))
         self.dense_bias = nnx.Param(jnp.zeros((d,)))
 
-    def encode(self, history: jax.Array) -> jax.Array:
+    def encode(self, history: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
         """Encodes histories.
 
         Args:
             history: [B, n] int32 item ids, 0 = padding, left-padded (most recent at n - 1).
+            dropout_rng: at training, the key of the dropout on the convolution features.
 
         Returns:
             [B, D] the query (non-negative: the dense layer ends in a ReLU, as the paper).
@@ -190,4 +199,6 @@ class Caser(nnx.Module):
             self.vertical_bias[...],
             self.dense_kernel[...],
             self.dense_bias[...],
+            self.dropout,
+            dropout_rng,
         )

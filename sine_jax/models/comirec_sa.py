@@ -28,7 +28,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sine_jax.models.layers import init_item_table, masked_softmax, project_items, require_int
+from sine_jax.models.layers import (
+    dropout_rate,
+    embed_history,
+    init_item_table,
+    masked_softmax,
+    require_int,
+)
+
+# model.dropout when None: the paper names no dropout; the rate drops out the history's item
+# embeddings at training.
+DEFAULT_DROPOUT = 0.0
 
 # ---------------------------------------------------------------------------------------------
 # Pure functions.
@@ -98,25 +108,26 @@ class ComiRecSA(nnx.Module):
             require_int("comirec_sa.attention_hidden", sa.get("attention_hidden", 0), 0) or 4 * d
         )
         values = _init_values(rngs.params(), num_items, table_rows, d, k, n, hidden)
+        self.dropout = dropout_rate(model_config, DEFAULT_DROPOUT)
         self.item_embedding = nnx.Param(values["item_embedding"])
         self.position_embedding = nnx.Param(values["position_embedding"])
         self.attention_w1 = nnx.Param(values["attention_w1"])
         self.attention_b1 = nnx.Param(values["attention_b1"])
         self.attention_w2 = nnx.Param(values["attention_w2"])
 
-    def encode(self, history: jax.Array) -> jax.Array:
+    def encode(self, history: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
         """Interests of each user.
 
         Args:
             history: int32 [B, n] item ids, n <= max_seq_len, 0 = padding, left-padded.
+            dropout_rng: at training, the key of the dropout on the history's embeddings.
 
         Returns:
             [B, K, D] interests.
         """
         n = history.shape[1]
         mask = history > 0
-        table = self.item_embedding[...]
-        x = jnp.where(mask[..., None], jnp.take(table, history, axis=0), 0.0)
+        x, project = embed_history(self.item_embedding[...], history, self.dropout, dropout_rng)
         w1 = self.attention_w1[...]
         interests, _ = multi_interest_self_attention(
             x,
@@ -125,6 +136,6 @@ class ComiRecSA(nnx.Module):
             w1,
             self.attention_b1[...],
             self.attention_w2[...],
-            x_w1=project_items(table, history, w1),
+            x_w1=project(w1),
         )
         return interests

@@ -15,17 +15,21 @@ SINE/ComiRec comparisons and RecBole's GRU4Rec):
   * padded steps leave the state unchanged, so with left padding the state is zero until the
     first real item;
   * input and recurrent kernels are Glorot-uniform per gate ([D, H] and [H, H] matrices, as
-    RecBole's `xavier_uniform_` on the GRU weights), biases zero.
+    RecBole's `xavier_uniform_` on the GRU weights), biases zero;
+  * dropout at training on the last hidden state (the authors' `dropout_p_hidden`; their
+    cross-entropy parameter sample for RecSys Challenge 2015 uses 0.3, the default here).
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sine_jax.models.layers import init_item_table, require_int
+from sine_jax.models.layers import dropout, dropout_rate, init_item_table, require_int
 
 # Gate order of the stacked weights: reset, update, candidate.
 NUM_GATES = 3
+# model.dropout when None: the hidden-state dropout of the authors' cross-entropy setting.
+DEFAULT_DROPOUT = 0.3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,13 +101,14 @@ class GRU4Rec(nnx.Module):
 
     Parameters: item_embedding [R, D] (row 0 and rows past M are padding), input_kernel
     [3, D, D], input_bias [3, D], recurrent_kernel [3, D, D], recurrent_bias [3, D] (gates
-    reset, update, candidate). No dropout (the training step passes no dropout RNG).
+    reset, update, candidate).
     """
 
     def __init__(self, *, num_items: int, table_rows: int, model_config, rngs: nnx.Rngs):
         d = model_config.embed_dim
         require_int("embed_dim", d, 1)
         require_int("max_seq_len", model_config.max_seq_len, 1)
+        self.dropout = dropout_rate(model_config, DEFAULT_DROPOUT)
         self.item_embedding = nnx.Param(init_item_table(rngs.params(), num_items, table_rows, d))
         glorot = jax.nn.initializers.glorot_uniform(in_axis=-2, out_axis=-1, batch_axis=0)
         self.input_kernel = nnx.Param(glorot(rngs.params(), (NUM_GATES, d, d)))
@@ -111,11 +116,12 @@ class GRU4Rec(nnx.Module):
         self.recurrent_kernel = nnx.Param(glorot(rngs.params(), (NUM_GATES, d, d)))
         self.recurrent_bias = nnx.Param(jnp.zeros((NUM_GATES, d)))
 
-    def encode(self, history: jax.Array) -> jax.Array:
+    def encode(self, history: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
         """Encodes histories.
 
         Args:
             history: [B, n] int32 item ids, 0 = padding, left-padded (most recent at n - 1).
+            dropout_rng: at training, the key of the dropout on the last state.
 
         Returns:
             [B, D] the last GRU state (zeros for a history of padding only).
@@ -123,7 +129,7 @@ class GRU4Rec(nnx.Module):
         mask = history > 0
         table = self.item_embedding[...]
         x = jnp.where(mask[..., None], jnp.take(table, history, axis=0), 0.0)  # [B, n, D]
-        return gru_last_state(
+        h = gru_last_state(
             x,
             mask,
             self.input_kernel[...],
@@ -131,3 +137,4 @@ class GRU4Rec(nnx.Module):
             self.recurrent_kernel[...],
             self.recurrent_bias[...],
         )
+        return dropout(h, self.dropout, dropout_rng)

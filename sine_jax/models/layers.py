@@ -1,11 +1,13 @@
-"""What every model shares: the item table's start, masked softmax, projected item rows, the
-label-aware readout of multi-interest retrievers, fixed arrays and config checks.
+"""What every model shares: the item table's start, the embedded history with its dropout,
+masked softmax, projected item rows, the label-aware readout of multi-interest retrievers,
+fixed arrays and config checks.
 
 Shape legend: B batch, n history length, K interests, D embedding dim, R item-table rows
 (R >= M + 1; row 0 and rows past M are padding), M items.
 """
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,51 @@ def require_int(field: str, value, minimum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"model.{field}={value!r} must be an integer >= {minimum}")
     return value
+
+
+def dropout_rate(model_config, default: float) -> float:
+    """`model.dropout`, or `default` (the model's own paper's value) when it is None.
+
+    Raises:
+        ConfigError: a rate outside [0, 1).
+    """
+    rate = model_config.get("dropout")
+    rate = default if rate is None else rate
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        raise ConfigError(f"model.dropout={rate!r} must be a number in [0, 1)")
+    return float(rate)
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    """Inverted dropout: each entry is zeroed with probability `rate` and the others are
+    divided by 1 - rate; the identity when `rng` is None (evaluation, serving) or rate is 0."""
+    if rng is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def embed_history(
+    table: jax.Array, history: jax.Array, rate: float = 0.0, rng: jax.Array | None = None
+) -> tuple[jax.Array, Callable[[jax.Array], jax.Array]]:
+    """The history's item embeddings X and a function w -> X w.
+
+    Args:
+        table: [R, D] item table.
+        history: int32 [B, n] item ids, 0 = padding.
+        rate: dropout rate on X (applied only with `rng`).
+        rng: dropout key at training; None at evaluation.
+
+    Returns:
+        x: [B, n, D], zero at padding (and dropped out at training);
+        project: w [D, *F] -> [B, n, *F] = x @ w, computed once per table row
+            (`project_items`) when x is the plain lookup.
+    """
+    x = jnp.where(history[..., None] > 0, jnp.take(table, history, axis=0), 0.0)
+    if rng is None or rate == 0.0:
+        return x, lambda w: project_items(table, history, w)
+    x = dropout(x, rate, rng)
+    return x, lambda w: jnp.tensordot(x, w, axes=1)
 
 
 def init_item_table(key: jax.Array, num_items: int, table_rows: int, embed_dim: int) -> jax.Array:

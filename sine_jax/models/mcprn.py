@@ -38,7 +38,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sine_jax.errors import ConfigError
-from sine_jax.models.layers import init_item_table, project_items, require_int
+from sine_jax.models.layers import dropout_rate, embed_history, init_item_table, require_int
+
+# model.dropout when None: the paper names no dropout; the rate drops out the history's item
+# embeddings at training.
+DEFAULT_DROPOUT = 0.0
 
 # ---------------------------------------------------------------------------------------------
 # Pure functions.
@@ -163,27 +167,28 @@ class MCPRN(nnx.Module):
             raise ConfigError(f"model.mcprn.temperature={tau!r} must be a number > 0")
         self.temperature = float(tau)
         values = _init_values(rngs.params(), num_items, table_rows, d, k)
+        self.dropout = dropout_rate(model_config, DEFAULT_DROPOUT)
         self.item_embedding = nnx.Param(values["item_embedding"])
         self.purposes = nnx.Param(values["purposes"])
         self.psru_w_input = nnx.Param(values["psru_w_input"])
         self.psru_w_hidden = nnx.Param(values["psru_w_hidden"])
         self.psru_bias = nnx.Param(values["psru_bias"])
 
-    def encode(self, history: jax.Array) -> jax.Array:
+    def encode(self, history: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
         """The query of each user.
 
         Args:
             history: int32 [B, n] item ids, 0 = padding, left-padded.
+            dropout_rng: at training, the key of the dropout on the history's embeddings.
 
         Returns:
             [B, D] user vectors.
         """
         mask = history > 0
-        table = self.item_embedding[...]
-        x = jnp.where(mask[..., None], jnp.take(table, history, axis=0), 0.0)
+        x, project = embed_history(self.item_embedding[...], history, self.dropout, dropout_rng)
         a = purpose_routing(x, mask, self.purposes[...], self.temperature)
         w_input = jnp.transpose(self.psru_w_input[...], (1, 0, 2))  # [D, K, 3D]
-        x_in = project_items(table, history, w_input)  # [B, n, K, 3D]
+        x_in = project(w_input)  # [B, n, K, 3D]
         h = psru_channels(x_in, a, self.psru_w_hidden[...], self.psru_bias[...])
         v, _ = mix_channels(h, a, mask)
         return v

@@ -42,9 +42,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sine_jax.models.layers import Constant, init_item_table, project_items, require_int
+from sine_jax.models.layers import (
+    Constant,
+    dropout_rate,
+    embed_history,
+    init_item_table,
+    require_int,
+)
 
 SQUASH_EPS = 1e-9  # ComiRec's epsilon inside the squash's square root
+# model.dropout when None: the paper names no dropout; the rate drops out the history's item
+# embeddings at training.
+DEFAULT_DROPOUT = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,24 +146,27 @@ class MIND(nnx.Module):
         mind = model_config.get("mind") or {}
         self.iterations = require_int("mind.routing_iterations", mind.get("routing_iterations"), 1)
         values = _init_values(rngs.params(), num_items, table_rows, d, k, n)
+        self.dropout = dropout_rate(model_config, DEFAULT_DROPOUT)
         self.item_embedding = nnx.Param(values["item_embedding"])
         self.bilinear = nnx.Param(values["bilinear"])
         self.proj_kernel = nnx.Param(values["proj_kernel"])
         self.proj_bias = nnx.Param(values["proj_bias"])
         self.routing_logits = Constant(values["routing_logits"])
 
-    def encode(self, history: jax.Array) -> jax.Array:
+    def encode(self, history: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
         """Interests of each user.
 
         Args:
             history: int32 [B, n] item ids, n <= max_seq_len, 0 = padding, left-padded.
+            dropout_rng: at training, the key of the dropout on the history's embeddings.
 
         Returns:
             [B, K, D] interests.
         """
         n = history.shape[1]
         mask = history > 0
-        u_hat = project_items(self.item_embedding[...], history, self.bilinear[...])
+        _, project = embed_history(self.item_embedding[...], history, self.dropout, dropout_rng)
+        u_hat = project(self.bilinear[...])
         b0 = self.routing_logits[...][:, -n:]  # aligned to the most recent item
         v = dynamic_routing(u_hat, mask, b0, self.iterations)
         return relu_projection(v, self.proj_kernel[...], self.proj_bias[...])

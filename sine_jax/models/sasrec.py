@@ -19,7 +19,10 @@ Choices, as the authors' TensorFlow code (`kang205/SASRec`, `model.py` and `modu
     between;
   * a final LayerNorm; LayerNorm epsilon 1e-8 (the code's `normalize`), gains 1, biases 0;
   * weights Glorot-uniform (the code's `xavier_initializer` for the embeddings, and the
-    default of `tf.layers.dense`), biases zero.
+    default of `tf.layers.dense`), biases zero;
+  * dropout at training where the code has it: on the embedded input, on the attention
+    weights and after each of the FFN's two layers, one rate (the paper's 0.2 for
+    MovieLens-1M is the default; it uses 0.5 for its sparser datasets).
 The loss (the code's binary cross-entropy with one negative per position, on every position)
 is replaced by the framework's loss on the last position.
 """
@@ -32,10 +35,18 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sine_jax.errors import ConfigError
-from sine_jax.models.layers import init_item_table, masked_softmax, require_int
+from sine_jax.models.layers import (
+    dropout,
+    dropout_rate,
+    init_item_table,
+    masked_softmax,
+    require_int,
+)
 
 # LayerNorm epsilon of the authors' `normalize`.
 LAYER_NORM_EPS = 1e-8
+# model.dropout when None: the SASRec paper's rate for MovieLens-1M.
+DEFAULT_DROPOUT = 0.2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,6 +98,8 @@ def causal_self_attention(
     mask: jax.Array,
     weights: BlockWeights,
     num_heads: int,
+    rate: float = 0.0,
+    rng: jax.Array | None = None,
 ) -> jax.Array:
     """Multi-head attention, position i attending to the valid positions j <= i.
 
@@ -99,6 +112,8 @@ def causal_self_attention(
         mask: [B, n] boolean, True at real items (the keys that may be attended to).
         weights: the block's q/k/v kernels and biases.
         num_heads: h, dividing D.
+        rate: dropout rate of the attention weights, at training (with `rng`).
+        rng: the dropout key; None at evaluation.
 
     Returns:
         [B, n, D]; zeros at a position with no valid key at or before it.
@@ -115,18 +130,23 @@ def causal_self_attention(
     logits = jnp.einsum("bihc,bjhc->bhij", q, k) / math.sqrt(head_dim)
     causal = jnp.tril(jnp.ones((n, n), dtype=bool))  # [i, j]: j <= i
     allowed = causal[None, None] & mask[:, None, None, :]  # [B, 1, n, n]
-    attention = masked_softmax(logits, allowed, axis=-1)  # [B, h, n, n]
+    attention = dropout(masked_softmax(logits, allowed, axis=-1), rate, rng)  # [B, h, n, n]
     return jnp.einsum("bhij,bjhc->bihc", attention, v).reshape(b, n, d)
 
 
-def point_wise_feed_forward(x: jax.Array, weights: BlockWeights) -> jax.Array:
-    """relu(x W1 + b1) W2 + b2, per position, no residual. x: [..., D] -> [..., D]."""
-    hidden = jax.nn.relu(x @ weights.ffn_kernel1 + weights.ffn_bias1)
-    return hidden @ weights.ffn_kernel2 + weights.ffn_bias2
+def point_wise_feed_forward(
+    x: jax.Array, weights: BlockWeights, rate: float = 0.0, rng: jax.Array | None = None
+) -> jax.Array:
+    """dropout(dropout(relu(x W1 + b1)) W2 + b2), per position, no residual (dropout only
+    at training, with `rng`). x: [..., D] -> [..., D]."""
+    rngs = (None, None) if rng is None else jax.random.split(rng)
+    hidden = dropout(jax.nn.relu(x @ weights.ffn_kernel1 + weights.ffn_bias1), rate, rngs[0])
+    return dropout(hidden @ weights.ffn_kernel2 + weights.ffn_bias2, rate, rngs[1])
 
 
 def sasrec_block(
-    x: jax.Array, mask: jax.Array, weights: BlockWeights, num_heads: int
+    x: jax.Array, mask: jax.Array, weights: BlockWeights, num_heads: int,
+    rate: float = 0.0, rng: jax.Array | None = None,
 ) -> jax.Array:
     """One SASRec block (the authors' code):
 
@@ -138,14 +158,17 @@ def sasrec_block(
         mask: [B, n] boolean, True at real items.
         weights: this block's parameters.
         num_heads: h.
+        rate: dropout rate (attention weights, FFN), at training (with `rng`).
+        rng: the dropout key; None at evaluation.
 
     Returns:
         [B, n, D], zeros at padding; position i depends on positions <= i only.
     """
+    rngs = (None, None) if rng is None else jax.random.split(rng)
     s = layer_norm(x, weights.attention_norm_scale, weights.attention_norm_bias)
-    a = causal_self_attention(s, x, mask, weights, num_heads) + s
+    a = causal_self_attention(s, x, mask, weights, num_heads, rate, rngs[0]) + s
     s2 = layer_norm(a, weights.ffn_norm_scale, weights.ffn_norm_bias)
-    out = point_wise_feed_forward(s2, weights) + s2
+    out = point_wise_feed_forward(s2, weights, rate, rngs[1]) + s2
     return jnp.where(mask[..., None], out, 0.0)
 
 
@@ -156,6 +179,8 @@ def sasrec_sequence(
     final_norm_scale: jax.Array,
     final_norm_bias: jax.Array,
     num_heads: int,
+    rate: float = 0.0,
+    rng: jax.Array | None = None,
 ) -> jax.Array:
     """The L blocks (a jax.lax.scan over the stacked weights), then the final LayerNorm.
 
@@ -165,14 +190,24 @@ def sasrec_sequence(
         blocks: BlockWeights with every field stacked on a leading [L] axis.
         final_norm_scale, final_norm_bias: [D].
         num_heads: h.
+        rate: dropout rate inside the blocks, at training (with `rng`).
+        rng: the dropout key (one per block is derived from it); None at evaluation.
 
     Returns:
         [B, n, D] one output per position (the LayerNorm bias at padded positions).
     """
-    def block(x, weights):  # one compiled body whatever L
-        return sasrec_block(x, mask, weights, num_heads), None
+    if rng is None:
+        def block(x, weights):  # one compiled body whatever L
+            return sasrec_block(x, mask, weights, num_heads), None
 
-    x, _ = jax.lax.scan(block, x, blocks)
+        x, _ = jax.lax.scan(block, x, blocks)
+    else:
+        def dropped_block(x, weights_and_key):
+            weights, key = weights_and_key
+            return sasrec_block(x, mask, weights, num_heads, rate, key), None
+
+        keys = jax.random.split(rng, blocks.q_kernel.shape[0])  # [L]
+        x, _ = jax.lax.scan(dropped_block, x, (blocks, keys))
     return layer_norm(x, final_norm_scale, final_norm_bias)
 
 
@@ -189,8 +224,7 @@ class SASRec(nnx.Module):
     Parameters: item_embedding [R, D] (row 0 and rows past M are padding),
     position_embedding [n, D] (row n - 1 = most recent), the fields of `BlockWeights` each
     stacked over the L blocks ([L, D, D] kernels, [L, D] biases and LayerNorm gains/biases),
-    final_norm_scale [D], final_norm_bias [D]. No dropout (the training step passes no
-    dropout RNG; the authors' code drops out the embeddings, attention weights and FFN).
+    final_norm_scale [D], final_norm_bias [D].
     """
 
     def __init__(self, *, num_items: int, table_rows: int, model_config, rngs: nnx.Rngs):
@@ -205,6 +239,7 @@ class SASRec(nnx.Module):
                 f"model.sasrec.num_heads={num_heads} must divide model.embed_dim={d}"
             )
         self.num_heads = num_heads
+        self.dropout = dropout_rate(model_config, DEFAULT_DROPOUT)
         self.item_embedding = nnx.Param(init_item_table(rngs.params(), num_items, table_rows, d))
         glorot = jax.nn.initializers.glorot_uniform()
         self.position_embedding = nnx.Param(glorot(rngs.params(), (n, d)))
@@ -220,11 +255,12 @@ class SASRec(nnx.Module):
         self.final_norm_scale = nnx.Param(jnp.ones((d,)))
         self.final_norm_bias = nnx.Param(jnp.zeros((d,)))
 
-    def encode(self, history: jax.Array) -> jax.Array:
+    def encode(self, history: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
         """Encodes histories.
 
         Args:
             history: [B, n] int32 item ids, 0 = padding, left-padded (most recent at n - 1).
+            dropout_rng: at training, the key of every dropout (input, attention, FFN).
 
         Returns:
             [B, D] the output at position n - 1 (the final LayerNorm's bias for a history of
@@ -232,10 +268,13 @@ class SASRec(nnx.Module):
         """
         mask = history > 0
         table = self.item_embedding[...]
+        rngs = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
         items = jnp.take(table, history, axis=0) * math.sqrt(table.shape[-1])
-        x = jnp.where(mask[..., None], items + self.position_embedding[...], 0.0)  # [B, n, D]
+        x = dropout(items + self.position_embedding[...], self.dropout, rngs[0])
+        x = jnp.where(mask[..., None], x, 0.0)  # [B, n, D]
         blocks = BlockWeights(*(getattr(self, name)[...] for name in BlockWeights._fields))
         out = sasrec_sequence(
-            x, mask, blocks, self.final_norm_scale[...], self.final_norm_bias[...], self.num_heads
+            x, mask, blocks, self.final_norm_scale[...], self.final_norm_bias[...], self.num_heads,
+            self.dropout, rngs[1],
         )
         return out[:, -1]

@@ -40,9 +40,10 @@ from flax import nnx
 from sine_jax.errors import ConfigError
 from sine_jax.models.layers import (
     Constant,
+    dropout_rate,
+    embed_history,
     init_item_table,
     masked_softmax,
-    project_items,
     require_int,
 )
 
@@ -50,6 +51,8 @@ Norm = Callable[[jax.Array], jax.Array]
 
 # Temperature of the "cosine" intention assignment (the reference code's fixed 0.07).
 COSINE_TEMPERATURE = 0.07
+# model.dropout when None: the paper names no dropout (nor does the reference code use any).
+DEFAULT_DROPOUT = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,9 +146,12 @@ def concept_activation(
 
 def intention_assignment(
     x: jax.Array, c_u: jax.Array, w3: jax.Array, norm_x: Norm, norm_c: Norm,
-    *, x_w3: jax.Array | None = None,
+    *, x_w3: jax.Array | None = None, scale: float = 1.0,
 ) -> jax.Array:
-    """Eq 3: P(k|t) = softmax_k(LN1(X_t W3) . LN2(C^u_k)).
+    """Eq 3: P(k|t) = softmax_k(scale * LN1(X_t W3) . LN2(C^u_k)).
+
+    The paper calls this product a cosine. LayerNorm'd vectors have norm about sqrt(D), so the
+    printed product is about D times the cosine (scale 1); scale = 1 / D makes it the cosine.
 
     Args:
         x: [B, n, D] item embeddings.
@@ -154,12 +160,13 @@ def intention_assignment(
         norm_x: LayerNorm1 (learnable gain and bias), applied over the last axis.
         norm_c: LayerNorm2.
         x_w3: optional [B, n, D] X W3 computed elsewhere (`project_items`); else x @ w3.
+        scale: multiplies the logits (1 as printed; 1 / D: the cosine).
 
     Returns:
         p_kt: [B, n, K], each position's distribution over the K selected slots.
     """
     projected = x @ w3 if x_w3 is None else x_w3
-    logits = jnp.einsum("bnd,bkd->bnk", norm_x(projected), norm_c(c_u))  # [B, n, K]
+    logits = scale * jnp.einsum("bnd,bkd->bnk", norm_x(projected), norm_c(c_u))  # [B, n, K]
     return jax.nn.softmax(logits, axis=-1)
 
 
@@ -303,19 +310,25 @@ def intention_sequence_and_apt(
 
 
 def interest_aggregation(
-    c_apt: jax.Array, phi: jax.Array, temperature: float
+    c_apt: jax.Array, phi: jax.Array, temperature: float, scale: float = 1.0
 ) -> tuple[jax.Array, jax.Array]:
-    """Eqs 7-8: e = softmax_k(C_apt . phi_k / tau); v = sum_k e_k phi_k.
+    """Eqs 7-8: e = softmax_k(scale * C_apt . phi_k / tau); v = sum_k e_k phi_k.
+
+    C_apt and phi_k are LayerNorm outputs (norm about sqrt(D)): as printed (scale 1) the
+    logits are about D / tau times a cosine, hundreds at D = 128 and tau = 0.1, and e is
+    one-hot; scale = 1 / D makes the product the cosine, logits within about +-1 / tau.
 
     Args:
         c_apt: [B, D] predicted intention (eq 6).
         phi: [B, K, D] interest embeddings (eq 5).
         temperature: tau (0.1 in the paper).
+        scale: multiplies the products (1 as printed; 1 / D: the cosine).
 
     Returns:
         v: [B, D] user vector; e: [B, K] interest weights.
     """
-    e = jax.nn.softmax(jnp.einsum("bd,bkd->bk", c_apt, phi) / temperature, axis=-1)
+    logits = scale * jnp.einsum("bd,bkd->bk", c_apt, phi) / temperature  # [B, K]
+    e = jax.nn.softmax(logits, axis=-1)
     return jnp.einsum("bk,bkd->bd", e, phi), e
 
 
@@ -349,6 +362,7 @@ _CHOICES = {
     "aggregation_attention": ("shared_w3", "own", "own_plus_items"),
     "aggregation": ("temperature", "dense_concat", "label_aware"),
     "input_table": ("shared", "separate"),
+    "logit_scale": ("printed", "cosine"),
 }
 _BOOLS = ("interest_layernorm", "positional_in_concept_attention")
 
@@ -390,6 +404,11 @@ class SineOptions:
             rows, scores those very items highly; "separate": an input table of its own
             (`input_embedding` [R, D]); the item table then only scores. Beyond the paper
             (docs/results.md: what ranking the history costs); dense item updates only.
+        logit_scale: the products of LayerNorm'd vectors in eq 3 (assignment "layernorm")
+            and eq 7 (aggregation "temperature"). "printed": as printed, about D times the
+            cosine the paper describes, so that both softmaxes are one-hot from the first
+            step; "cosine": divided by D, the cosine (the LayerNorm gains, learned, can still
+            sharpen it).
         temperature: tau of eq 7 (`model.temperature`, 0.1).
     """
 
@@ -402,6 +421,7 @@ class SineOptions:
     positional_in_concept_attention: bool = False
     prototype_pool: str = "learned"
     input_table: str = "shared"
+    logit_scale: str = "printed"
     temperature: float = 0.1
 
     def __post_init__(self):
@@ -506,6 +526,35 @@ class UserEncoding(NamedTuple):
     concept_attention: jax.Array
 
 
+class InterestSummary(NamedTuple):
+    """How many interests each user really has (`summarize_interests`).
+
+    Attributes:
+        effective_k: [B] exp(entropy of e_k): 1 when one interest makes the user vector, K
+            when all K weigh the same (None for SINE-label, which has no e).
+        history_interests: [B] how many distinct interests the history's items are assigned
+            to (argmax_k P(k|t) over the real items).
+        prototype_ids: [B, K] int32 the prototypes each user activated (eq 2).
+    """
+
+    effective_k: jax.Array | None
+    history_interests: jax.Array
+    prototype_ids: jax.Array
+
+
+def summarize_interests(encoding: UserEncoding, mask: jax.Array) -> InterestSummary:
+    """The `InterestSummary` of an encoding of histories whose real items are `mask` [B, n]."""
+    e = encoding.interest_weights
+    effective_k = None
+    if e is not None:
+        entropy = -jnp.sum(jnp.where(e > 0, e * jnp.log(jnp.where(e > 0, e, 1.0)), 0.0), -1)
+        effective_k = jnp.exp(entropy)  # [B]
+    k = encoding.assignment.shape[-1]
+    assigned = jax.nn.one_hot(jnp.argmax(encoding.assignment, -1), k, dtype=bool)  # [B, n, K]
+    used = jnp.any(assigned & mask[..., None], axis=1)  # [B, K]
+    return InterestSummary(effective_k, used.sum(-1), encoding.prototype_ids)
+
+
 # (shape, fan_in, fan_out) of each Glorot-initialised parameter, by attribute name.
 ParamSpecs = dict[str, tuple[tuple[int, ...], int, int]]
 
@@ -600,9 +649,11 @@ class SINE(nnx.Module):
         options: SineOptions,
         rngs: nnx.Rngs,
         item_categories: np.ndarray | None = None,
+        dropout: float = 0.0,
     ):
         d = embed_dim
         self.options = options
+        self.dropout = dropout
         self.num_interests = num_interests
         self.num_prototypes = num_prototypes
         if options.prototype_pool == "categories":  # [R], -1 past M and where unknown
@@ -640,11 +691,12 @@ class SINE(nnx.Module):
         dense = options.aggregation == "dense_concat"
         self.query_bias = nnx.Param(jnp.zeros((d,))) if dense else None
 
-    def __call__(self, history: jax.Array) -> UserEncoding:
+    def __call__(self, history: jax.Array, dropout_rng: jax.Array | None = None) -> UserEncoding:
         """Encodes histories.
 
         Args:
             history: [B, n] int32 item ids, 0 = padding, left-padded (most recent at n - 1).
+            dropout_rng: at training, the key of the dropout on the history's embeddings X.
 
         Returns:
             UserEncoding.
@@ -653,12 +705,10 @@ class SINE(nnx.Module):
         mask = history > 0  # [B, n]
         inputs = self.input_embedding if opts.input_table == "separate" else self.item_embedding
         table = inputs[...]  # the X_t rows
-        x = jnp.where(mask[..., None], jnp.take(table, history, axis=0), 0.0)  # [B, n, D]
+        x, project = embed_history(table, history, self.dropout, dropout_rng)  # [B, n, D]
         pos = self.position_embedding[...]  # [n, D]
         concept_pos = pos if opts.positional_in_concept_attention else None
-
-        def project(w):  # X W, once per table row when that is cheaper
-            return project_items(table, history, w)
+        scale = 1.0 / x.shape[-1] if opts.logit_scale == "cosine" else 1.0
 
         # Eqs 1-2: which K prototypes this user activates.
         w1 = self.concept_w1[...]
@@ -674,7 +724,9 @@ class SINE(nnx.Module):
         # Eq 3.
         if opts.assignment == "layernorm":
             w3 = self.w3[...]
-            p_kt = intention_assignment(x, c_u, w3, self.norm1, self.norm2, x_w3=project(w3))
+            p_kt = intention_assignment(
+                x, c_u, w3, self.norm1, self.norm2, x_w3=project(w3), scale=scale
+            )
         else:
             p_kt = cosine_assignment(x, c_u)
 
@@ -703,7 +755,7 @@ class SINE(nnx.Module):
 
         # Eqs 7-8.
         if opts.aggregation == "temperature":
-            v, e = interest_aggregation(c_apt, phi, opts.temperature)
+            v, e = interest_aggregation(c_apt, phi, opts.temperature, scale)
         else:
             v, e = dense_concat_aggregation(
                 c_apt, phi, self.query_kernel[...], self.query_bias[...]
@@ -717,10 +769,14 @@ class SINE(nnx.Module):
             concept_attention=a,
         )
 
-    def encode(self, history: jax.Array) -> jax.Array:
+    def encode(self, history: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
         """The retrieval query (`sine_jax.models`): v [B, D], or phi [B, K, D] for SINE-label."""
-        encoding = self(history)
+        encoding = self(history, dropout_rng)
         return encoding.interests if encoding.user_vector is None else encoding.user_vector
+
+    def summarize_interests(self, history: jax.Array) -> InterestSummary:
+        """The interests of histories [B, n] (`InterestSummary`), at evaluation."""
+        return summarize_interests(self(history), history > 0)
 
 SINE_NAMES = ("sine", *VARIANTS)
 
@@ -784,4 +840,5 @@ def build_model(
         options=options,
         rngs=rngs,
         item_categories=item_categories,
+        dropout=dropout_rate(model_config, DEFAULT_DROPOUT),
     )
