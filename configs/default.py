@@ -93,7 +93,8 @@ def get_config() -> config_dict.ConfigDict:
 
     config.train = train = config_dict.ConfigDict()
     train.batch_size = 128  # global batch size (divisible by the mesh's data axis)
-    train.num_epochs = 20  # passes over all training examples (upper bound with early stopping)
+    # Passes over all training examples: a cap; early stopping (train.patience) ends the run.
+    train.num_epochs = 100
     train.seed = 0  # model init, negatives and data order
     train.learning_rate = 1e-3  # Adam
     train.weight_decay = 0.0  # AdamW's decoupled weight decay, every parameter; 0 = plain Adam
@@ -110,7 +111,7 @@ def get_config() -> config_dict.ConfigDict:
     train.compute_dtype = "float32"  # float32 | bfloat16 (bf16 compute, f32 master weights)
 
     config.eval = eval_ = config_dict.ConfigDict()
-    eval_.every_steps = 1000  # periodic validation (0 = once per epoch)
+    eval_.every_steps = 0  # periodic validation every this many steps; 0 = once per epoch
     eval_.metric = "HR@10"  # validation metric for early stopping and the best checkpoint
     eval_.mask_history = True  # exclude the user's history items from the ranking (the paper)
     eval_.ks = (10, 50, 100)  # cut-offs N of HR@N and NDCG@N
@@ -118,7 +119,7 @@ def get_config() -> config_dict.ConfigDict:
     eval_.item_chunk_size = 65536  # items scored at once (no [users x items] matrix)
 
     config.checkpoint = ckpt = config_dict.ConfigDict()
-    ckpt.every_steps = 1000  # periodic checkpoints (evaluations also checkpoint)
+    ckpt.every_steps = 5000  # periodic checkpoints (every validation also checkpoints)
     ckpt.keep = 2  # most recent checkpoints kept; the best one is always kept too
 
     config.serving = serving = config_dict.ConfigDict()

@@ -34,8 +34,10 @@ def test_bad_fields_are_named_with_allowed_values(field, value, message):
 
 
 def test_shipped_configs_are_valid():
-    for module in (default, synthetic, movielens):
+    for module in (default, synthetic, movielens, amazon, taobao, ularge):
         config_checks.check_config(module.get_config(), num_devices=8)
+    config_checks.check_config(amazon.get_config("toys"), num_devices=8)
+    assert amazon.get_config("toys").data.format == "sequences"
     tuned = movielens.get_config("tuned")
     config_checks.check_config(tuned, num_devices=8)
     config_checks.check_config(synthetic.get_config("tiny"), num_devices=8)
@@ -43,8 +45,11 @@ def test_shipped_configs_are_valid():
     assert paper == movielens.get_config("paper") and paper.model.input_table is None
     changed = [k for k, v in run_config.flatten(json.loads(tuned.to_json())).items()
                if run_config.flatten(json.loads(paper.to_json()))[k] != v]
-    # the tuned preset's whole difference
-    assert sorted(changed) == ["model.input_table", "train.lr_decay"]
+    # the tuned preset's whole difference: its table, its schedule, four epochs
+    assert sorted(changed) == [
+        "eval.every_steps", "model.input_table", "train.lr_decay", "train.num_epochs",
+        "train.patience",
+    ]
     assert paper.model.preset == "default"  # with the cosine assignment of eq 3
 
 

@@ -1,5 +1,6 @@
 """Tests for sine_jax.data.metadata."""
 
+import json
 import os
 
 import pytest
@@ -96,3 +97,37 @@ def test_real_companions(shared_data, relpath, num_items, num_genres, item, titl
     assert len(got.genre_names) == num_genres
     assert got.titles[item] == title
     assert got.genres[item] == genres
+
+
+def test_item2attributes_category_is_the_first_level_that_splits_the_items(tmp_path):
+    """Brand first (ignored), then a level every item shares (ignored), then the category."""
+    attributes = {str(i): [100 + i, 2, 10 + i % 3, 50 + i] for i in range(1, 101)}
+    attributes["7"] = [5, 2]  # no category level
+    (tmp_path / "Toys.txt").write_text("1 1 2 3\n")
+    (tmp_path / "Toys_item2attributes.json").write_text(json.dumps(attributes))
+    got = metadata.read_item_metadata(str(tmp_path / "Toys.txt"))
+    assert got.genres[1] == ("attribute 11",) and got.genres[3] == ("attribute 10",)
+    assert got.genres[7] == ()
+    assert got.genre_names == ("attribute 10", "attribute 11", "attribute 12")
+    assert got.titles == {}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[1, 2]", "expected an object"),
+    ('{"x": [1]}', "item id 'x'"),
+    ('{"1": "a"}', "item 1: expected a list"),
+    ("{", "not valid JSON"),
+])
+def test_malformed_item2attributes(tmp_path, text, message):
+    (tmp_path / "Toys.txt").write_text("1 1 2 3\n")
+    (tmp_path / "Toys_item2attributes.json").write_text(text)
+    with pytest.raises(DataError, match=message):
+        metadata.read_item_metadata(str(tmp_path / "Toys.txt"))
+
+
+def test_real_item2attributes(shared_data):
+    path = os.path.join(shared_data, "amazon-toys-s3rec", "Toys_and_Games.txt")
+    if not os.path.isfile(path):
+        pytest.skip(f"{path} is not present")
+    got = metadata.read_item_metadata(path)
+    assert len(got.genres) == 11_924 and len(got.genre_names) == 19

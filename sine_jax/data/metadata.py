@@ -1,6 +1,13 @@
-"""Item metadata (titles, genres) from the MovieLens companion file beside an interactions file.
+"""Item metadata (titles, genres or categories) from the companion file beside an
+interactions file.
 
 Companions, looked for in this order in the directory of the interactions file:
+  STEM_item2attributes.json (STEM: the interactions file's name without its extension): the
+    S3-Rec benchmark files' `{"item id": [attribute id, ...]}` (brand first, then the levels
+    of the item's category path). An item's category is its attribute at the first list
+    position, after the brand's, at which the items are not (nearly) all the same: the
+    coarsest level that splits the catalogue (Toys_and_Games: position 2, 19 categories).
+    No titles.
   movies.dat: `id::title::G1|G2` (ML-1M, latin-1).
   u.item: `id|title|release|video release|url|f1|...|f19` (ML-100K, latin-1), genre flags in the
     order of `u.genre` beside it (`name|index` lines; the standard ML-100K names if absent).
@@ -8,8 +15,10 @@ Companions, looked for in this order in the directory of the interactions file:
 "(no genres listed)" means no genre. A malformed line is a `DataError` naming `path:line`.
 """
 
+import collections
 import csv
 import dataclasses
+import json
 import os
 
 from absl import logging
@@ -17,6 +26,10 @@ from absl import logging
 from sine_jax.errors import DataError
 
 COMPANIONS = ("movies.dat", "u.item", "movies.csv")
+ATTRIBUTES_SUFFIX = "_item2attributes.json"
+# An attribute position whose most common value covers at least this share of the items does
+# not split the catalogue (S3-Rec's files: the top category level below the dataset's own).
+_UNSPLIT_SHARE = 0.99
 NO_GENRES = "(no genres listed)"
 ML100K_GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -42,8 +55,15 @@ class ItemMetadata:
 
 
 def read_item_metadata(interactions_path: str) -> ItemMetadata | None:
-    """Reads the first companion of `COMPANIONS` beside `interactions_path`; None if none."""
-    directory = os.path.dirname(os.path.abspath(os.fspath(interactions_path)))
+    """Reads the first companion beside `interactions_path` (see the module docstring); None
+    if there is none."""
+    path = os.path.abspath(os.fspath(interactions_path))
+    attributes = os.path.splitext(path)[0] + ATTRIBUTES_SUFFIX
+    if os.path.isfile(attributes):
+        metadata = _read_item2attributes(attributes)
+        logging.info("%s: categories of %d items", attributes, len(metadata.genres))
+        return metadata
+    directory = os.path.dirname(path)
     for name in COMPANIONS:
         path = os.path.join(directory, name)
         if os.path.isfile(path):
@@ -143,6 +163,43 @@ def _read_u_item(path: str) -> ItemMetadata:
         titles[item] = fields[1]
         genres[item] = tuple(n for n, flag in zip(names, flags) if flag == "1")
     return ItemMetadata(titles, genres, names)
+
+
+def _read_item2attributes(path: str) -> ItemMetadata:
+    """Categories from an S3-Rec `item2attributes` file (see the module docstring)."""
+    try:
+        table = json.loads(_read_text(path, "utf-8"))
+    except ValueError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(table, dict):
+        raise DataError(f"{path}: expected an object {{\"item id\": [attribute ids]}}")
+    attributes = {}
+    for key, values in table.items():
+        if not key.isdigit():
+            raise DataError(f"{path}: item id {key!r} is not a non-negative integer")
+        if not isinstance(values, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values
+        ):
+            raise DataError(f"{path}: item {key}: expected a list of integer attribute ids")
+        attributes[int(key)] = values
+    position = _category_position(attributes)
+    genres = {
+        item: (f"attribute {values[position]}",) if len(values) > position else ()
+        for item, values in attributes.items()
+    }
+    return ItemMetadata({}, genres, _sorted_genres(genres))
+
+
+def _category_position(attributes: dict[int, list[int]]) -> int:
+    """The first list position after the brand's (0) whose most common value covers less
+    than _UNSPLIT_SHARE of the items that have it (the last position if none does)."""
+    longest = max((len(v) for v in attributes.values()), default=1)
+    for position in range(1, longest):
+        values = [v[position] for v in attributes.values() if len(v) > position]
+        top = collections.Counter(values).most_common(1)[0][1]
+        if top < _UNSPLIT_SHARE * len(values):
+            return position
+    return max(longest - 1, 0)
 
 
 def _read_u_genre(path: str) -> tuple[str, ...]:
