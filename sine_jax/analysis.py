@@ -26,7 +26,7 @@ import textwrap
 import jax
 import numpy as np
 
-from sine_jax import models, run_config, train
+from sine_jax import evaluate, metrics, models, run_config, train
 from sine_jax.data import pipeline
 from sine_jax.errors import ConfigError, SineError
 
@@ -255,3 +255,45 @@ def analyse(config, workdir: str, num_concepts: int, neighbours: int) -> dict:
                         "uniform": float(np.log(config.model.num_interests))},
             "nmi": category_nmi(assign, data.item_categories[1:m + 1]),
             "concepts": concepts}
+
+
+def validation_test_gap(config, workdir: str, rare_share: float = 0.25) -> dict:
+    """Where RUN_DIR's drop from validation to test comes from (leave-one-out runs).
+
+    The test input is the validation input plus the validation target, the most recent item,
+    which the model has seen at that place in no training example of this user. The report,
+    for the best checkpoint, in test metrics (`metrics.rank_metrics`):
+
+      * "valid" and "test": the usual validation and test metrics;
+      * "test_without_last": the test targets ranked from the validation input (the same
+        targets and exclusions, the validation target left out of the history): when the
+        drop closes here, the history's newest item is what costs it;
+      * "test_rare_last" / "test_common_last": the test metrics of the users whose validation
+        target is among the `rare_share` least trained items (by training count) / the rest,
+        with "rare_count_at_most", the count that splits them.
+    """
+    if config.data.split != "leave_one_out":
+        raise SineError("the validation-to-test gap is a leave-one-out measure")
+    run = train.build_run(config, workdir)
+    best_step, params = train.restore_best_params(run)
+    ks = config.eval.ks
+
+    def ranks(arrays):
+        return evaluate.compute_ranks(
+            run.eval_fn, params, arrays, batch_size=config.eval.batch_size, mesh=run.mesh
+        )
+
+    valid, test = run.valid_arrays, run.test_arrays
+    test_ranks = ranks(test)
+    counts = run.data.item_counts[valid["target"]]
+    threshold = float(np.quantile(counts, rare_share))
+    rare = counts <= threshold
+    return {
+        "workdir": workdir, "best_step": best_step,
+        "valid": metrics.rank_metrics(ranks(valid), ks),
+        "test": metrics.rank_metrics(test_ranks, ks),
+        "test_without_last": metrics.rank_metrics(ranks({**test, "history": valid["history"]}), ks),
+        "rare_count_at_most": threshold, "rare_users": int(rare.sum()),
+        "test_rare_last": metrics.rank_metrics(test_ranks[rare], ks),
+        "test_common_last": metrics.rank_metrics(test_ranks[~rare], ks),
+    }

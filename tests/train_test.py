@@ -215,3 +215,22 @@ def test_held_out_users_protocol_end_to_end(tmp_path):
     assert set(results["test"]) == expected == set(results["valid"])
     assert all(0.0 <= v <= 1.0 for v in results["test"].values())
     assert results["test"]["HitRate@50"] >= results["test"]["Recall@50"] > 0
+
+
+def test_validation_test_gap_report(synthetic_results):
+    """The split-gap report reproduces the run's metrics and splits the test users in two."""
+    from sine_jax import analysis
+
+    results, workdir = synthetic_results
+    config = synthetic.get_config()
+    config.mesh.data = 1
+    report = analysis.validation_test_gap(config, workdir)
+    assert report["valid"] == pytest.approx(results["valid"])
+    assert report["test"] == pytest.approx(results["test"])
+    users, rare = results["data"]["users"], report["rare_users"]
+    assert 0.2 * users <= rare < users
+    mixed = (rare * report["test_rare_last"]["HR@10"]
+             + (users - rare) * report["test_common_last"]["HR@10"]) / users
+    assert mixed == pytest.approx(results["test"]["HR@10"])
+    # The synthetic next item follows the newest item: without it the test is harder.
+    assert report["test_without_last"]["HR@10"] < results["test"]["HR@10"] - 0.1
