@@ -69,6 +69,8 @@ def get_config() -> config_dict.ConfigDict:
     # Eqs 3 and 7: the product of two LayerNorm'd vectors as printed (about D x their cosine,
     # which makes both softmaxes one-hot) | cosine (divided by D).
     model.logit_scale = config_dict.placeholder(str)  # printed | cosine
+    # Beyond the paper: eq 8's user vector through a learned D x D map (from the identity).
+    model.output_projection = config_dict.placeholder(bool)
     # Baselines' own fields (they also read embed_dim, max_seq_len and num_interests).
     model.sasrec = config_dict.ConfigDict()
     model.sasrec.num_blocks = 2  # self-attention blocks (SASRec paper: 2)

@@ -184,6 +184,8 @@ def np_sine(params, history, opts, k, tau):
         v, e = np_eq78(c_apt, phi, tau, scale)
     else:
         v, e = np_dense_concat(c_apt, phi, params["query_kernel"], params["query_bias"])
+    if opts.output_projection:
+        v = v @ params["output_w"]
     return {
         "user_vector": v,
         "interests": phi,
@@ -497,10 +499,14 @@ def test_dense_concat_aggregation(rng):
 # The module.
 
 
-@pytest.mark.parametrize("preset", ["paper", "official", "default", "paper+cosine_scale"])
+@pytest.mark.parametrize(
+    "preset", ["paper", "official", "default", "paper+cosine_scale", "official+projection"]
+)
 def test_module_matches_numpy_model(preset, rng):
     if preset == "paper+cosine_scale":
         opts = dataclasses.replace(model_lib.PRESETS["paper"], logit_scale="cosine")
+    elif preset == "official+projection":
+        opts = dataclasses.replace(model_lib.PRESETS["official"], output_projection=True)
     else:
         opts = model_lib.PRESETS[preset]
     module = _random_model(opts, seed=1)
@@ -730,6 +736,7 @@ _ALTERNATIVES = {
     "positional_in_concept_attention": [True],
     "input_table": ["separate"],
     "logit_scale": ["cosine"],
+    "output_projection": [True],
 }
 
 
@@ -749,6 +756,19 @@ def test_each_switch_changes_the_output(field, value, rng):
         np.asarray(_encode(paper, history).user_vector - _encode(switched, history).user_vector)
     ).max()
     assert diff > 1e-4, (field, value, diff)
+
+
+def test_output_projection_starts_as_the_identity(rng):
+    """A freshly built model with the projection scores exactly as the one without it."""
+    history = jnp.asarray(_history(rng))
+    plain = _model(model_lib.SineOptions(), seed=3)
+    projected = _model(model_lib.SineOptions(output_projection=True), seed=3)
+    np.testing.assert_array_equal(projected.output_w[...], np.eye(D))
+    np.testing.assert_allclose(
+        _encode(projected, history).user_vector, _encode(plain, history).user_vector, **TOL
+    )
+    with pytest.raises(ConfigError, match="output_projection"):
+        model_lib.SineOptions(output_projection=True, aggregation="label_aware")
 
 
 def test_separate_input_table_only_changes_where_the_history_is_read(rng):

@@ -46,6 +46,9 @@ VARIANTS = {
     "logit_scale-cosine": ({**PAPER, "model.logit_scale": "cosine"},
                            "eqs 3, 7: LayerNorm products divided by D (the cosine) instead of "
                            "as printed (D x the cosine)"),
+    "output_projection-True": ({**PAPER, "model.output_projection": "True"},
+                               "beyond the paper: eq 8's user vector through a learned D x D "
+                               "map"),
     "cov_weight-0": ({**PAPER, "loss.cov_weight": "0.0"},
                      "eq 11: lambda = 0 (no covariance regulariser)"),
     "official": ({"model.preset": "official"},

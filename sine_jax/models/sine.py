@@ -364,7 +364,7 @@ _CHOICES = {
     "input_table": ("shared", "separate"),
     "logit_scale": ("printed", "cosine"),
 }
-_BOOLS = ("interest_layernorm", "positional_in_concept_attention")
+_BOOLS = ("interest_layernorm", "positional_in_concept_attention", "output_projection")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,6 +409,12 @@ class SineOptions:
             cosine the paper describes, so that both softmaxes are one-hot from the first
             step; "cosine": divided by D, the cosine (the LayerNorm gains, learned, can still
             sharpen it).
+        output_projection: beyond the paper: the user vector of eq 8 goes through a learned
+            D x D map W_o (started at the identity), v' = v W_o, before it scores the items.
+            Without it a score v . H_j is a mixture of the similarities X_t . H_j between
+            the history's items and item j in one shared table, symmetric in the two items;
+            W_o lets "j often follows t" differ from "t often follows j", as the transforms
+            of GRU4Rec, Caser and SASRec do. Not with SINE-label (no v).
         temperature: tau of eq 7 (`model.temperature`, 0.1).
     """
 
@@ -422,6 +428,7 @@ class SineOptions:
     prototype_pool: str = "learned"
     input_table: str = "shared"
     logit_scale: str = "printed"
+    output_projection: bool = False
     temperature: float = 0.1
 
     def __post_init__(self):
@@ -443,6 +450,9 @@ class SineOptions:
         tau = self.temperature
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
             raise ConfigError(f"model.temperature={tau!r} must be a number > 0")
+        if self.output_projection and self.aggregation == "label_aware":
+            raise ConfigError("model.output_projection=True projects eq 8's user vector, "
+                              "which SINE-label does not have")
 
 
 # The deviations from the printed equations that passed the decision rule, with the paired
@@ -690,6 +700,7 @@ class SINE(nnx.Module):
         self.query_kernel = param("query_kernel")
         dense = options.aggregation == "dense_concat"
         self.query_bias = nnx.Param(jnp.zeros((d,))) if dense else None
+        self.output_w = nnx.Param(jnp.eye(d)) if options.output_projection else None
 
     def __call__(self, history: jax.Array, dropout_rng: jax.Array | None = None) -> UserEncoding:
         """Encodes histories.
@@ -760,6 +771,8 @@ class SINE(nnx.Module):
             v, e = dense_concat_aggregation(
                 c_apt, phi, self.query_kernel[...], self.query_bias[...]
             )
+        if opts.output_projection:
+            v = v @ self.output_w[...]  # [B, D]
         return UserEncoding(
             user_vector=v,
             interests=phi,
