@@ -71,6 +71,8 @@ def get_config() -> config_dict.ConfigDict:
     model.logit_scale = config_dict.placeholder(str)  # printed | cosine
     # Beyond the paper: eq 8's user vector through a learned D x D map (from the identity).
     model.output_projection = config_dict.placeholder(bool)
+    # Beyond the paper: causal self-attention blocks (SASRec's) over the history before eq 1.
+    model.encoder_blocks = config_dict.placeholder(int)
     # Baselines' own fields (they also read embed_dim, max_seq_len and num_interests).
     model.sasrec = config_dict.ConfigDict()
     model.sasrec.num_blocks = 2  # self-attention blocks (SASRec paper: 2)

@@ -155,10 +155,12 @@ def np_dense_concat(c_apt, phi, kernel, bias):
     return np.einsum("bk,bkd->bd", e, phi), e
 
 
-def np_sine(params, history, opts, k, tau):
-    """The whole model in numpy from `params` (a flat dict of numpy arrays)."""
+def np_sine(params, history, opts, k, tau, x=None):
+    """The whole model in numpy from `params` (a flat dict of numpy arrays); `x` [B, n, D]
+    replaces the history's item embeddings (the encoder's output)."""
     valid = history > 0
-    x = params["item_embedding"][history] * valid[..., None]
+    if x is None:
+        x = params["item_embedding"][history] * valid[..., None]
     pos = params["position_embedding"]
     cpos = pos if opts.positional_in_concept_attention else None
     z, a = np_eq1(x, valid, params["concept_w1"], params["concept_w2"], cpos)
@@ -737,6 +739,7 @@ _ALTERNATIVES = {
     "input_table": ["separate"],
     "logit_scale": ["cosine"],
     "output_projection": [True],
+    "encoder_blocks": [1],
 }
 
 
@@ -756,6 +759,33 @@ def test_each_switch_changes_the_output(field, value, rng):
         np.asarray(_encode(paper, history).user_vector - _encode(switched, history).user_vector)
     ).max()
     assert diff > 1e-4, (field, value, diff)
+
+
+def test_encoder_blocks_feed_sasrecs_sequence_to_the_equations(rng):
+    """encoder_blocks=1: X_t is SASRec's block output (one head) over X sqrt(D) + P, and
+    eqs 1-8 then run on it as on raw embeddings."""
+    from sine_jax.models import sasrec
+
+    opts = dataclasses.replace(model_lib.PRESETS["default"], encoder_blocks=1)
+    module = _random_model(opts, seed=11)
+    history = _history(rng)
+    enc = module.encoder
+    params = {f: enc.__getattribute__(f)[...] for f in sasrec.BlockWeights._fields}
+    table = np.asarray(module.item_embedding[...])
+    x_in = (table[history] * np.sqrt(D) + np.asarray(enc.position_embedding[...]))
+    x_in = x_in * (history > 0)[..., None]
+    blocks = sasrec.BlockWeights(*(params[f] for f in sasrec.BlockWeights._fields))
+    want_x = sasrec.sasrec_sequence(
+        jnp.asarray(x_in, jnp.float32), jnp.asarray(history > 0), blocks,
+        enc.final_norm_scale[...], enc.final_norm_bias[...], 1,
+    )
+    want_x = np.asarray(want_x) * (history > 0)[..., None]
+    got_x = enc(module.item_embedding[...], jnp.asarray(history), 0.0, None)
+    np.testing.assert_allclose(got_x, want_x, **TOL)
+    out = _encode(module, history)
+    want = np_sine(_params(module), history, opts, K, opts.temperature, x=np.asarray(got_x))
+    for field, value in out._asdict().items():
+        np.testing.assert_allclose(value, want[field], err_msg=field, **TOL)
 
 
 def test_output_projection_starts_as_the_identity(rng):

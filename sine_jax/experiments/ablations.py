@@ -49,6 +49,8 @@ VARIANTS = {
     "output_projection-True": ({**PAPER, "model.output_projection": "True"},
                                "beyond the paper: eq 8's user vector through a learned D x D "
                                "map"),
+    "encoder_blocks-1": ({**PAPER, "model.encoder_blocks": "1"},
+                         "beyond the paper: one causal self-attention block over the history"),
     "cov_weight-0": ({**PAPER, "loss.cov_weight": "0.0"},
                      "eq 11: lambda = 0 (no covariance regulariser)"),
     "official": ({"model.preset": "official"},

@@ -38,8 +38,10 @@ import numpy as np
 from flax import nnx
 
 from sine_jax.errors import ConfigError
+from sine_jax.models import sasrec
 from sine_jax.models.layers import (
     Constant,
+    dropout,
     dropout_rate,
     embed_history,
     init_item_table,
@@ -415,6 +417,10 @@ class SineOptions:
             the history's items and item j in one shared table, symmetric in the two items;
             W_o lets "j often follows t" differ from "t often follows j", as the transforms
             of GRU4Rec, Caser and SASRec do. Not with SINE-label (no v).
+        encoder_blocks: beyond the paper: the history's X_t are first contextualised by this
+            many causal self-attention blocks (SASRec's, one head, with positional embeddings
+            of their own and a final LayerNorm), so that each X_t of eqs 1-6 carries what came
+            before it; 0 (the paper) reads the item embeddings themselves.
         temperature: tau of eq 7 (`model.temperature`, 0.1).
     """
 
@@ -429,14 +435,14 @@ class SineOptions:
     input_table: str = "shared"
     logit_scale: str = "printed"
     output_projection: bool = False
+    encoder_blocks: int = 0
     temperature: float = 0.1
 
     def __post_init__(self):
-        hidden = self.attention_hidden
-        if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 0:
-            raise ConfigError(
-                f"model.attention_hidden={hidden!r} must be an integer >= 0 (0 = embed_dim)"
-            )
+        for field in ("attention_hidden", "encoder_blocks"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"model.{field}={value!r} must be an integer >= 0")
         for field, allowed in _CHOICES.items():
             value = getattr(self, field)
             if value not in allowed:
@@ -473,7 +479,7 @@ PRESETS = {
         positional_in_concept_attention=True,
     ),
 }
-SWITCHES = ("attention_hidden", *_CHOICES, *_BOOLS)
+SWITCHES = ("attention_hidden", *_CHOICES, *_BOOLS, "encoder_blocks")
 # The ablations of the paper's Table 6, as `model.name`s: the options each one fixes.
 VARIANTS = {
     "sine_cate": {"prototype_pool": "categories"},
@@ -634,6 +640,47 @@ def _glorot_uniform(key: jax.Array, specs: tuple) -> dict[str, jax.Array]:
     return values
 
 
+class _SelfAttentionEncoder(nnx.Module):
+    """`SineOptions.encoder_blocks`: SASRec's causal self-attention blocks over the history
+    (`sasrec.sasrec_sequence`, one head): X'_t = Blocks(X sqrt(D) + P)_t, zero at padding.
+
+    Parameters: position_embedding [n, D], the fields of `sasrec.BlockWeights` stacked over
+    the blocks, final_norm_scale [D], final_norm_bias [D]; Glorot-uniform kernels, zero
+    biases, unit LayerNorm gains (as `sasrec.SASRec`).
+    """
+
+    def __init__(self, num_blocks: int, n: int, d: int, key: jax.Array):
+        keys = jax.random.split(key, 1 + len(sasrec.BlockWeights._fields))
+        self.position_embedding = nnx.Param(jax.nn.initializers.glorot_uniform()(keys[0], (n, d)))
+        stacked = jax.nn.initializers.glorot_uniform(in_axis=-2, out_axis=-1, batch_axis=0)
+        for field, k in zip(sasrec.BlockWeights._fields, keys[1:]):
+            if "kernel" in field:
+                value = stacked(k, (num_blocks, d, d))
+            elif field.endswith("norm_scale"):
+                value = jnp.ones((num_blocks, d))
+            else:
+                value = jnp.zeros((num_blocks, d))
+            setattr(self, field, nnx.Param(value))
+        self.final_norm_scale = nnx.Param(jnp.ones((d,)))
+        self.final_norm_bias = nnx.Param(jnp.zeros((d,)))
+
+    def __call__(self, table: jax.Array, history: jax.Array, rate: float,
+                 rng: jax.Array | None) -> jax.Array:
+        """[B, n, D] contextualised history (dropout inside the blocks at training)."""
+        mask = history > 0
+        n = history.shape[1]
+        rngs = (None, None) if rng is None else jax.random.split(rng)
+        items = jnp.take(table, history, axis=0) * math.sqrt(table.shape[-1])
+        x = dropout(items + self.position_embedding[...][-n:], rate, rngs[0])
+        x = jnp.where(mask[..., None], x, 0.0)
+        blocks = sasrec.BlockWeights(*(getattr(self, f)[...] for f in sasrec.BlockWeights._fields))
+        out = sasrec.sasrec_sequence(
+            x, mask, blocks, self.final_norm_scale[...], self.final_norm_bias[...], 1, rate,
+            rngs[1],
+        )
+        return jnp.where(mask[..., None], out, 0.0)
+
+
 class SINE(nnx.Module):
     """The SINE user encoder (eqs 1-8) with its item table and prototype pool.
 
@@ -701,6 +748,10 @@ class SINE(nnx.Module):
         dense = options.aggregation == "dense_concat"
         self.query_bias = nnx.Param(jnp.zeros((d,))) if dense else None
         self.output_w = nnx.Param(jnp.eye(d)) if options.output_projection else None
+        self.encoder = (
+            _SelfAttentionEncoder(options.encoder_blocks, max_seq_len, d, rngs.params())
+            if options.encoder_blocks else None
+        )
 
     def __call__(self, history: jax.Array, dropout_rng: jax.Array | None = None) -> UserEncoding:
         """Encodes histories.
@@ -716,7 +767,11 @@ class SINE(nnx.Module):
         mask = history > 0  # [B, n]
         inputs = self.input_embedding if opts.input_table == "separate" else self.item_embedding
         table = inputs[...]  # the X_t rows
-        x, project = embed_history(table, history, self.dropout, dropout_rng)  # [B, n, D]
+        if self.encoder is None:
+            x, project = embed_history(table, history, self.dropout, dropout_rng)  # [B, n, D]
+        else:
+            x = self.encoder(table, history, self.dropout, dropout_rng)  # [B, n, D]
+            project = lambda w: jnp.tensordot(x, w, axes=1)  # noqa: E731
         pos = self.position_embedding[...]  # [n, D]
         concept_pos = pos if opts.positional_in_concept_attention else None
         scale = 1.0 / x.shape[-1] if opts.logit_scale == "cosine" else 1.0
