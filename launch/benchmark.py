@@ -26,10 +26,9 @@ a few steps (TensorBoard / Perfetto).
 import json
 import re
 import resource
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from sine_jax import cli, host_memory
@@ -66,7 +65,7 @@ def parse_mesh(text: str | None) -> dict[str, int]:
     for part in text.split(","):
         name, _, size = part.partition(":")
         if name not in ("data", "model") or not size.lstrip("-").isdigit():
-            raise app.UsageError(f"--mesh={text!r}: expected data:D,model:M (e.g. data:4,model:2)")
+            raise cli.UsageError(f"--mesh={text!r}: expected data:D,model:M (e.g. data:4,model:2)")
         sizes[name] = int(size)
     return sizes
 
@@ -301,7 +300,7 @@ def format_table(results: dict) -> str:
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     host_memory.keep_freed_memory_in_heap()
     config = _CONFIG.value
     with config.unlocked():
@@ -309,16 +308,10 @@ def main(argv):
             config.train.batch_size = _BATCH_SIZE.value
         for axis, size in parse_mesh(_MESH.value).items():
             config.mesh[axis] = size
-    from sine_jax.errors import SineError
-
-    try:
-        results = run_benchmark(
-            config, num_items=_NUM_ITEMS.value, steps=_STEPS.value, warmup=_WARMUP.value,
-            trace_dir=_TRACE_DIR.value, pipeline_seconds=_PIPELINE_SECONDS.value,
-        )
-    except SineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    results = run_benchmark(
+        config, num_items=_NUM_ITEMS.value, steps=_STEPS.value, warmup=_WARMUP.value,
+        trace_dir=_TRACE_DIR.value, pipeline_seconds=_PIPELINE_SECONDS.value,
+    )
     print(format_table(results))
     if _JSON.value:
         with open(_JSON.value, "w") as f:

@@ -43,6 +43,7 @@ import types
 from absl import flags
 
 from sine_jax import cli
+from sine_jax.errors import SineError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARK = os.path.join(REPO, "launch", "benchmark.py")
@@ -60,7 +61,7 @@ RECBOLE_ANOMALY = "recbole_anomaly_detection_on"  # flush-to-zero on
 RECBOLE_NO_FTZ = "recbole_no_flush_denormal"  # anomaly detection off
 
 
-class CompareError(Exception):
+class CompareError(SineError):
     """A reason the comparison cannot run or finish: the message is one line."""
 
 
@@ -260,21 +261,18 @@ def report(args: types.SimpleNamespace, batch_sizes: list[int], records: list[di
     }
 
 
+@cli.tool
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse_flags(define_flags, argv, __doc__)
-    try:
-        check_recbole_python(args.recbole_python)
-        if not os.path.isfile(BENCHMARK):
-            raise CompareError(f"{BENCHMARK} not found (the sine_jax side)")
-        batch_sizes = [args.batch_size] if args.batch_size else list(BATCH_SIZES)
-        records = []
-        with tempfile.TemporaryDirectory() as tmp_dir:
-            for repeat in range(args.repeats):
-                for batch_size in batch_sizes:
-                    records += measure_round(args, repeat, batch_size, tmp_dir)
-    except CompareError as error:
-        print(f"compare_recbole: {error}", file=sys.stderr)
-        return 2
+    check_recbole_python(args.recbole_python)
+    if not os.path.isfile(BENCHMARK):
+        raise CompareError(f"{BENCHMARK} not found (the sine_jax side)")
+    batch_sizes = [args.batch_size] if args.batch_size else list(BATCH_SIZES)
+    records = []
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        for repeat in range(args.repeats):
+            for batch_size in batch_sizes:
+                records += measure_round(args, repeat, batch_size, tmp_dir)
     result = report(args, batch_sizes, records)
     print(markdown_table(result["rows"], args.steps, args.repeats))
     if args.json:

@@ -18,9 +18,10 @@ import sys
 from absl import flags
 
 from sine_jax import cli
+from sine_jax.errors import SineError
 
 
-class CurveError(Exception):
+class CurveError(SineError):
     """A bad argument or run directory: the message names it."""
 
 
@@ -98,17 +99,14 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     flags.mark_flags_as_required(["run", "out"], flag_values=flag_values)
 
 
+@cli.tool
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse_flags(define_flags, argv, __doc__)
-    try:
-        runs = [parse_run(text) for text in args.run]
-        labels = [label for _, label in runs]
-        if len(set(labels)) < len(labels):
-            raise CurveError("two runs share a label: give DIR:LABEL")
-        curves = {label: read_curve(workdir, args.metric) for workdir, label in runs}
-    except CurveError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    runs = [parse_run(text) for text in args.run]
+    labels = [label for _, label in runs]
+    if len(set(labels)) < len(labels):
+        raise CurveError("two runs share a label: give DIR:LABEL")
+    curves = {label: read_curve(workdir, args.metric) for workdir, label in runs}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     plot(curves, args.metric, args.out)
     print(markdown(curves, args.metric) + f"\nwrote {args.out}")

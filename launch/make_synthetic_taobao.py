@@ -11,6 +11,7 @@ Users and items scale with `--rows`. Memory stays in the tens of MiB: users are 
 chunks. Deterministic for a seed.
 """
 
+import sys
 import time
 
 import numpy as np
@@ -36,6 +37,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     flags.mark_flags_as_required(["out"], flag_values=flag_values)
 
 
+@cli.tool
 def main(argv: list[str] | None = None):
     args = cli.parse_flags(define_flags, argv, __doc__)
 
@@ -90,4 +92,4 @@ def _sorted_within(times: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -42,19 +42,16 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                         flag_values=flag_values)
 
 
+@cli.tool
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse_flags(define_flags, argv, __doc__)
-    try:
-        models = paper_table.parse_models(args.models)
-        jobs = sweep.plan(args.config, args.workdir, seeds=args.seeds, sets=args.set,
-                          grid=[f"model.name={','.join(models)}"])
-        config = tables.load_config(args.config, args.set)
-        ks, metrics, paper = paper_table.table_layout(
-            config, tables.parse_ks(args.ks) if args.ks else None)
-        devices = sweep.job_slots(args.devices, args.cpu_jobs)
-    except sweep.SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    models = paper_table.parse_models(args.models)
+    jobs = sweep.plan(args.config, args.workdir, seeds=args.seeds, sets=args.set,
+                      grid=[f"model.name={','.join(models)}"])
+    config = tables.load_config(args.config, args.set)
+    ks, metrics, paper = paper_table.table_layout(
+        config, tables.parse_ks(args.ks) if args.ks else None)
+    devices = sweep.job_slots(args.devices, args.cpu_jobs)
     runs = tables.run_and_collect(jobs, devices, args.workdir, collect_only=args.collect_only)
     if runs is None:
         return 130

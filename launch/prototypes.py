@@ -28,8 +28,7 @@ import sys
 from absl import flags
 
 from sine_jax import analysis, cli
-from sine_jax.errors import SineError
-from sine_jax.experiments import sweep, tables
+from sine_jax.experiments import tables
 from sine_jax.workdir import write_json_atomic
 
 
@@ -43,20 +42,17 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
 
 
+@cli.tool
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse_flags(define_flags, argv, __doc__)
-    try:
-        for flag in ("num_concepts", "neighbours"):
-            if getattr(args, flag) < 1:
-                raise sweep.SweepError(f"--{flag}={getattr(args, flag)} must be >= 1")
-        if not os.path.isdir(args.workdir):
-            raise sweep.SweepError(f"--workdir={args.workdir}: no such directory")
-        config = tables.load_config(args.config, args.set)
-        analysis.check_run_config(config, args.workdir)
-        report = analysis.analyse(config, args.workdir, args.num_concepts, args.neighbours)
-    except (sweep.SweepError, SineError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    for flag in ("num_concepts", "neighbours"):
+        if getattr(args, flag) < 1:
+            raise cli.UsageError(f"--{flag}={getattr(args, flag)} must be >= 1")
+    if not os.path.isdir(args.workdir):
+        raise cli.UsageError(f"--workdir={args.workdir}: no such directory")
+    config = tables.load_config(args.config, args.set)
+    analysis.check_run_config(config, args.workdir)
+    report = analysis.analyse(config, args.workdir, args.num_concepts, args.neighbours)
     write_json_atomic(os.path.join(args.workdir, "prototypes.json"), report)
     with open(os.path.join(args.workdir, "concepts.md"), "w") as f:
         f.write(analysis.concepts_markdown(report))

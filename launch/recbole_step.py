@@ -47,7 +47,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--anomaly_detection", default="off",
                         help="Comma-separated modes to time, from: off, on.")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args()
+    args = parser.parse_args()
+    modes = args.anomaly_detection.split(",")
+    if not set(modes) <= set(ANOMALY_MODES) or len(set(modes)) < len(modes):
+        parser.error(f"--anomaly_detection={args.anomaly_detection}: off, on or both")  # exit 2
+    return args
 
 
 def flushed_fraction() -> float:
@@ -153,8 +157,6 @@ def time_steps(args: argparse.Namespace, config, dataset, anomaly_detection: boo
 def main() -> None:
     args = parse_args()
     modes = args.anomaly_detection.split(",")
-    if not set(modes) <= set(ANOMALY_MODES) or len(set(modes)) < len(modes):
-        raise SystemExit(f"--anomaly_detection={args.anomaly_detection}: off, on or both")
     flush_supported = torch.set_flush_denormal(args.flush_denormal == "true")  # before the pool
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)  # pandas, inside RecBole

@@ -45,23 +45,20 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                         flag_values=flag_values)
 
 
+@cli.tool
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse_flags(define_flags, argv, __doc__)
-    try:
-        ks_interests = tables.parse_ks(args.ks_interests, "--ks_interests")
-        prototypes = tables.parse_ks(args.prototypes, "--prototypes")
-        jobs = sensitivity.plan(args.config, args.workdir, ks_interests, prototypes,
-                                args.seeds, args.set)
-        if not jobs:
-            raise sweep.SweepError("every cell has K > L: give smaller --ks_interests or "
-                                   "larger --prototypes")
-        config = tables.load_config(args.config, args.set)
-        metrics = [sensitivity.check_metric(m, config)
-                   for m in dict.fromkeys([args.metric, args.second_metric])]
-        devices = sweep.job_slots(args.devices, args.cpu_jobs)
-    except sweep.SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    ks_interests = tables.parse_ks(args.ks_interests, "--ks_interests")
+    prototypes = tables.parse_ks(args.prototypes, "--prototypes")
+    jobs = sensitivity.plan(args.config, args.workdir, ks_interests, prototypes,
+                            args.seeds, args.set)
+    if not jobs:
+        raise sweep.SweepError("every cell has K > L: give smaller --ks_interests or "
+                               "larger --prototypes")
+    config = tables.load_config(args.config, args.set)
+    metrics = [sensitivity.check_metric(m, config)
+               for m in dict.fromkeys([args.metric, args.second_metric])]
+    devices = sweep.job_slots(args.devices, args.cpu_jobs)
     runs = tables.run_and_collect(jobs, devices, args.workdir, collect_only=args.collect_only)
     if runs is None:
         return 130

@@ -26,7 +26,7 @@ import time
 
 import faiss
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from sine_jax import cli
@@ -211,7 +211,7 @@ def main(argv):
     from sine_jax import serving
 
     if (_WORKDIR.value is None) == (_NUM_ITEMS.value == 0):
-        raise app.UsageError("give either --config and --workdir, or --num_items")
+        raise cli.UsageError("give either --config and --workdir, or --num_items")
     faiss.omp_set_num_threads(_THREADS.value)
     setup = {
         "faiss": faiss.__version__,

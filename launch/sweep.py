@@ -49,15 +49,12 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
 
 
+@cli.tool
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse_flags(define_flags, argv, __doc__)
-    try:
-        jobs = sweep.plan(args.config, args.workdir, grid=args.grid, seeds=args.seeds,
-                          sets=args.set)
-        devices = sweep.job_slots(args.devices, args.cpu_jobs)
-    except sweep.SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    jobs = sweep.plan(args.config, args.workdir, grid=args.grid, seeds=args.seeds,
+                      sets=args.set)
+    devices = sweep.job_slots(args.devices, args.cpu_jobs)
     if args.dry_run:
         for job in jobs:
             print(f"{'skip' if sweep.is_done(job) else 'run'}: {shlex.join(job.command)}")

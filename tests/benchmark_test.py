@@ -1,10 +1,10 @@
 """launch/benchmark.py in its tiny mode, and its parsers."""
 
 import pytest
-from absl import app
 
 from configs import synthetic
 from launch import benchmark
+from sine_jax import cli
 
 
 def _tiny_config(**mesh):
@@ -44,5 +44,5 @@ def test_collective_bytes_reads_the_compiled_module():
 def test_mesh_flag():
     assert benchmark.parse_mesh("data:4,model:2") == {"data": 4, "model": 2}
     assert benchmark.parse_mesh(None) == {}
-    with pytest.raises(app.UsageError, match="data:D,model:M"):
+    with pytest.raises(cli.UsageError, match="data:D,model:M"):
         benchmark.parse_mesh("rows:2")

@@ -38,13 +38,14 @@ from concurrent import futures
 from absl import flags
 from ml_collections import config_flags
 
+from sine_jax.errors import SineError
 from sine_jax.workdir import write_json_atomic
 
 SEED_FIELD = "train.seed"
 _MAX_NAME_CHARS = 200
 
 
-class SweepError(Exception):
+class SweepError(SineError):
     """A bad sweep argument: the message is one line naming it."""
 
 
