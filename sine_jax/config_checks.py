@@ -1,5 +1,10 @@
 """Checks of a config before anything is built or compiled: one-line ConfigErrors."""
 
+import math
+import numbers
+from collections.abc import Iterator
+from typing import Any
+
 import jax
 from ml_collections import config_dict
 
@@ -25,9 +30,43 @@ def _at_least(value, field: str, minimum) -> None:
         raise ConfigError(f"{field}={value} must be >= {minimum}")
 
 
+SEED_RANGE = 2**32  # seeds are integers in [0, 2**32)
+
+
+def _fields(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted name, value) of every field of a config, nested groups walked."""
+    for key, value in node.items():
+        if isinstance(value, (config_dict.ConfigDict, dict)):
+            yield from _fields(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def check_values(config: config_dict.ConfigDict) -> None:
+    """Checks every field by its kind, so that fields added later are covered too: a float
+    (alone or in a tuple) must be finite, a seed (`seed`, `*_seed`) an integer in
+    [0, 2**32).
+
+    Raises:
+        ConfigError: naming the first bad field.
+    """
+    for name, value in _fields(config):
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{name}={value!r} must be a finite number")
+        leaf = name.rsplit(".", 1)[-1]
+        if (leaf == "seed" or leaf.endswith("_seed")) and not (
+            isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and 0 <= value < SEED_RANGE
+        ):
+            raise ConfigError(f"{name}={value!r} must be an integer in [0, 2**32)")
+
+
 def check_config(config: config_dict.ConfigDict, num_devices: int | None = None) -> None:
     """Raises ConfigError naming the first bad field and its allowed values."""
     num_devices = jax.device_count() if num_devices is None else num_devices
+    check_values(config)
     _choice(config.model.name, "model.name", MODEL_NAMES)
     _choice(config.data.on_bad_row, "data.on_bad_row", ON_BAD_ROW)
     _choice(config.loss.name, "loss.name", LOSS_NAMES)
@@ -69,8 +108,11 @@ def check_config(config: config_dict.ConfigDict, num_devices: int | None = None)
         raise ConfigError(f"train.learning_rate={config.train.learning_rate} must be > 0")
     if config.loss.cov_weight is not None:
         _at_least(config.loss.cov_weight, "loss.cov_weight", 0.0)
-    if not config.eval.ks or any(k < 1 for k in config.eval.ks):
-        raise ConfigError(f"eval.ks={tuple(config.eval.ks)} must be positive cut-offs")
+    ks = config.eval.ks
+    if (not isinstance(ks, (tuple, list)) or not ks
+            or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1
+                        for k in ks)):
+        raise ConfigError(f"eval.ks={ks!r} must be positive integer cut-offs, e.g. (10, 50)")
     held_out = config.data.split == "held_out_users"
     names = ("Recall", "NDCG", "HitRate") if held_out else ("HR", "NDCG")
     allowed_metrics = tuple(f"{m}@{k}" for m in names for k in config.eval.ks)
