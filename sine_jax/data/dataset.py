@@ -500,6 +500,19 @@ def _synthetic_kwargs(config: dict) -> dict:
 # --- Cache -------------------------------------------------------------------------------------
 
 
+def input_files(data_config) -> list[str]:
+    """The files the dataset of `config.data` is read from: the interactions file and, for a
+    log without a category column, the metadata companion beside it (`metadata_lib.
+    companion_files`); [] for synthetic data. Paths as configured."""
+    config = _as_dict(data_config)
+    fmt = config.get("format")
+    if fmt == "synthetic":
+        return []
+    path = config.get("path", "")
+    has_categories = fmt == "taobao" or (fmt == "csv" and config.get("category_column"))
+    return [path] + ([] if has_categories else metadata_lib.companion_files(path))
+
+
 def _key_material(config: dict) -> dict:
     """What the cached dataset depends on: the data config and the input files."""
     material = {
@@ -507,10 +520,7 @@ def _key_material(config: dict) -> dict:
         "config": {k: v for k, v in sorted(config.items()) if k not in _NOT_IN_KEY},
     }
     if config["format"] != "synthetic":
-        path = config["path"]
-        directory = os.path.dirname(os.path.abspath(path))
-        companions = [os.path.join(directory, n) for n in metadata_lib.COMPANIONS + ("u.genre",)]
-        material["files"] = {p: cache_lib.fingerprint(p) for p in [path] + companions
+        material["files"] = {p: cache_lib.fingerprint(p) for p in input_files(config)
                              if os.path.isfile(p)}
     return material
 

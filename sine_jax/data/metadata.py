@@ -54,23 +54,36 @@ class ItemMetadata:
     genre_names: tuple[str, ...]
 
 
-def read_item_metadata(interactions_path: str) -> ItemMetadata | None:
-    """Reads the first companion beside `interactions_path` (see the module docstring); None
-    if there is none."""
+def companion_files(interactions_path: str) -> list[str]:
+    """The files `read_item_metadata` reads (see the module docstring): STEM_item2attributes.json,
+    else the first of `COMPANIONS` beside `interactions_path` (and u.genre beside a u.item, when
+    present); [] if none."""
     path = os.path.abspath(os.fspath(interactions_path))
     attributes = os.path.splitext(path)[0] + ATTRIBUTES_SUFFIX
     if os.path.isfile(attributes):
-        metadata = _read_item2attributes(attributes)
-        logging.info("%s: categories of %d items", attributes, len(metadata.genres))
-        return metadata
+        return [attributes]
     directory = os.path.dirname(path)
     for name in COMPANIONS:
-        path = os.path.join(directory, name)
-        if os.path.isfile(path):
-            metadata = _READERS[name](path)
-            logging.info("%s: titles and genres of %d items", path, len(metadata.titles))
-            return metadata
-    return None
+        companion = os.path.join(directory, name)
+        if os.path.isfile(companion):
+            genre = os.path.join(directory, "u.genre")
+            return [companion] + ([genre] if name == "u.item" and os.path.isfile(genre) else [])
+    return []
+
+
+def read_item_metadata(interactions_path: str) -> ItemMetadata | None:
+    """Reads the first companion beside `interactions_path` (see the module docstring); None
+    if there is none."""
+    files = companion_files(interactions_path)
+    if not files:
+        return None
+    if files[0].endswith(ATTRIBUTES_SUFFIX):
+        metadata = _read_item2attributes(files[0])
+        logging.info("%s: categories of %d items", files[0], len(metadata.genres))
+        return metadata
+    metadata = _READERS[os.path.basename(files[0])](files[0])
+    logging.info("%s: titles and genres of %d items", files[0], len(metadata.titles))
+    return metadata
 
 
 def _read_text(path: str, encoding: str) -> str:

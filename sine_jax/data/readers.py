@@ -29,6 +29,7 @@ ignored; bytes that are not UTF-8 are replaced (they make an id or timestamp bad
 
 import dataclasses
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 
@@ -36,7 +37,7 @@ import numpy as np
 import polars as pl
 from absl import logging
 
-from sine_jax.errors import ConfigError, DataError
+from sine_jax.errors import ConfigError, DataError, printable
 
 FORMATS = ("movielens", "interactions", "sequences", "amazon", "taobao", "csv")
 ON_BAD_ROW = ("error", "skip")
@@ -217,6 +218,8 @@ def _check_file(path: str) -> None:
         raise DataError(f"{path}: no such file")
     if os.path.isdir(path):
         raise DataError(f"{path}: is a directory, not a file")
+    if not stat.S_ISREG(os.stat(path).st_mode):  # reading a FIFO or a device would block
+        raise DataError(f"{path}: not a regular file (a pipe, socket or device); give a file")
     try:
         with open(path, "rb"):
             pass
@@ -251,7 +254,7 @@ class _Source:
         for cond, (_, message) in zip(failing[1:], self.checks[1:]):
             reason = reason.when(cond).then(message)
         rows = self.reparse(line).select(reason.alias("reason")).drop_nulls().collect()
-        return rows["reason"][0]
+        return printable(rows["reason"][0])  # the file's bytes, never terminal escapes
 
 
 def _failing(checks: list) -> pl.Expr:
@@ -347,6 +350,7 @@ def _movielens_layout(path: str, lines: pl.LazyFrame) -> tuple[pl.LazyFrame, _La
     if missing:
         raise DataError(f"{path}:{head['line'][0]}: the header has no column "
                         f"{', '.join(missing)} (expected userId,movieId,rating,timestamp)")
+    _check_unique_columns(path, head["line"][0], header, names.values())
     if len(head) < 2:
         raise DataError(f"{path}: no data rows after the header")
     layout = _Layout(",", len(header), {k: header.index(n) for k, n in names.items()
@@ -366,10 +370,19 @@ def _csv_layout(path: str, lines: pl.LazyFrame, columns: CsvColumns
             raise DataError(f"{path}:{head['line'][0]}: the header has no column {name!r} "
                             f"(data.{field}); found: {', '.join(header)}")
         fields[key] = header.index(name)
+    _check_unique_columns(path, head["line"][0], header, [name for _, _, name in named])
     if len(head) < 2:
         raise DataError(f"{path}: no data rows after the header")
     layout = _Layout(columns.separator, len(header), fields, string_ids=True, unquote=True)
     return lines.filter(pl.col("line") > head["line"][0]), layout
+
+
+def _check_unique_columns(path: str, line: int, header: list[str], used) -> None:
+    """A column the reader uses must be named once: which one was meant is unknowable."""
+    for name in used:
+        if header.count(name) > 1:
+            raise DataError(f"{path}:{line}: the header names column {name!r} "
+                            f"{header.count(name)} times; rename or drop the repeats")
 
 
 def _csv_column_fields(columns: CsvColumns) -> list[tuple[str, str, str]]:
