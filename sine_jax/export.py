@@ -73,11 +73,15 @@ def export_encoder(
     )
 
 
-def export_model(config: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Writes WORKDIR/export from the best checkpoint; returns the manifest."""
+def export_model(
+    config: config_dict.ConfigDict, workdir: str, *, allow_input_change: bool = False
+) -> dict[str, Any]:
+    """Writes WORKDIR/export from the best checkpoint, holding the workdir's lock; returns
+    the manifest. Raises SineError as `train.restore_best`, or ConfigError (`serving.*`)."""
     check_serving_config(config)
-    trained = train.restore_best(config, workdir)
-    return write_export(os.path.join(workdir, "export"), trained, config, workdir=workdir)
+    with workdir_lib.lock(workdir):
+        trained = train.restore_best(config, workdir, allow_input_change=allow_input_change)
+        return write_export(os.path.join(workdir, "export"), trained, config, workdir=workdir)
 
 
 def write_export(
@@ -98,7 +102,7 @@ def write_export(
     Raises:
         ConfigError: a bad `serving` field.
     """
-    check_serving_config(config)
+    check_serving_config(config, trained.data.num_items)
     tmp = f"{export_dir}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -115,8 +119,9 @@ def write_export(
 EXPORTABLE_MODELS = ("sine", "sine_cate")
 
 
-def check_serving_config(config: config_dict.ConfigDict) -> None:
-    """Raises ConfigError naming the first bad `serving` field (or an unexportable model)."""
+def check_serving_config(config: config_dict.ConfigDict, num_items: int | None = None) -> None:
+    """Raises ConfigError naming the first bad `serving` field (or an unexportable model);
+    with `num_items`, also IVF cells beyond the catalogue."""
     if config.model.name not in EXPORTABLE_MODELS:
         raise ConfigError(
             f"model.name={config.model.name!r}: --mode=export serves SINE's encoder (one user "
@@ -132,6 +137,12 @@ def check_serving_config(config: config_dict.ConfigDict) -> None:
     for field in ("ivf_lists", "recall_users"):
         if serving_config[field] < 0:
             raise ConfigError(f"serving.{field}={serving_config[field]} must be >= 0")
+    if (num_items is not None and serving_config.index == "ivf"
+            and serving_config.ivf_lists > num_items):
+        raise ConfigError(
+            f"serving.ivf_lists={serving_config.ivf_lists} must be at most the {num_items} "
+            f"items (0 = {serving.default_ivf_lists(num_items)} for this catalogue)"
+        )
 
 
 def _write_files(

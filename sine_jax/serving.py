@@ -17,6 +17,12 @@ Rules:
   naming it; `"skip"` drops it, and the result lists the dropped ids under "unknown". A history
   left with no known item then gets empty "items" and "scores". An empty history is an error.
 - Scores are the inner product of the user vector and the item embedding (the model's logit).
+
+Loading checks the export against its manifest (`Recommender`): every file named, inside the
+export directory, loadable without executing code, of the recorded shape and dtype; finite
+embeddings, distinct item ids, the encoder's input shapes and the index's size, dimension
+and metric. A mismatch is a one-line SineError naming the file: an export that does not fit
+together would otherwise return wrong items.
 """
 
 import json
@@ -38,6 +44,7 @@ FORMAT_VERSION = 1
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 ON_UNKNOWN = ("error", "skip")
 MAX_BATCH = 256  # histories encoded at once; smaller batches are padded to a power of two
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 ItemId = int | str
@@ -45,6 +52,10 @@ ItemId = int | str
 
 class UnknownItemError(SineError):
     """A history holds an item id that is not in the export's catalogue."""
+
+
+class ExportError(SineError):
+    """An export that is damaged or does not match its manifest."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,6 +151,133 @@ def recall_against_exact(
 
 
 # ---------------------------------------------------------------------------------------------
+# Loading an export, checked against its manifest.
+
+_REQUIRED_FILES = ("item_ids", "item_embeddings", "prototypes", "encoder", "index")
+_POSITIVE_INTS = ("num_items", "embed_dim", "num_prototypes", "max_seq_len")
+
+
+def _mismatch(path: str, what: str) -> ExportError:
+    return ExportError(f"{path}: {what}; write the export again with --mode=export")
+
+
+def _read_manifest(path: str) -> dict[str, Any]:
+    """The manifest, its format, sizes and file entries checked."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError, RecursionError) as e:
+        raise _mismatch(path, f"unreadable ({type(e).__name__})") from None
+    if not isinstance(manifest, dict) or (
+        manifest.get("format"), manifest.get("format_version")
+    ) != (FORMAT, FORMAT_VERSION):
+        raise SineError(f"{path}: not a {FORMAT} version {FORMAT_VERSION} manifest")
+    for key in _POSITIVE_INTS:
+        value = manifest.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _mismatch(path, f"{key} is {value!r}, not a positive integer")
+    manifest.setdefault("item_id_type", "int")
+    if manifest["item_id_type"] not in ("int", "str"):
+        raise _mismatch(path, f"item_id_type is {manifest['item_id_type']!r}, not int or str")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise _mismatch(path, "it has no 'files'")
+    for name in _REQUIRED_FILES + (("item_metadata",) if "item_metadata" in files else ()):
+        entry = files.get(name)
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise _mismatch(path, f"it has no file entry {name!r} with a 'path'")
+    return manifest
+
+
+def _export_file(export_dir: str, files: dict[str, Any], name: str) -> str:
+    """The path of file `name`, which must lie inside the export directory."""
+    relative = files[name]["path"]
+    path = os.path.normpath(os.path.join(export_dir, relative))
+    if os.path.isabs(relative) or os.path.relpath(path, export_dir).startswith(os.pardir):
+        raise _mismatch(os.path.join(export_dir, MANIFEST),
+                        f"file {name!r} points outside the export ({relative!r})")
+    return path
+
+
+def _load_array(path: str, entry: dict[str, Any], shape: tuple[int, ...], kind: str
+                ) -> np.ndarray:
+    """A .npy file (no pickles) of `shape`, dtype kind `kind` ("i" int64, "U" unicode, "f"
+    float32) and the shape and dtype its manifest entry records."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise _mismatch(path, f"unreadable ({_first_line(e)})") from None
+    expected_dtype = {"i": "int64", "f": "float32"}.get(kind)
+    if array.dtype.kind != kind or (expected_dtype and str(array.dtype) != expected_dtype):
+        raise _mismatch(path, f"has dtype {array.dtype}, expected {expected_dtype or 'unicode'}")
+    if array.shape != shape:
+        raise _mismatch(path, f"has shape {list(array.shape)}, the manifest's sizes give "
+                              f"{list(shape)}")
+    if entry.get("shape", list(shape)) != list(shape) or entry.get("dtype", str(array.dtype)) \
+            != str(array.dtype):
+        raise _mismatch(path, f"is {list(array.shape)} {array.dtype}, the manifest says "
+                              f"{entry.get('shape')} {entry.get('dtype')}")
+    return array
+
+
+def _read_titles(path: str, num_items: int) -> list[str] | None:
+    """item_metadata.json's titles ([M] strings, or None)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            titles = json.load(f).get("titles")
+    except (OSError, ValueError, RecursionError, AttributeError) as e:
+        raise _mismatch(path, f"unreadable ({type(e).__name__})") from None
+    if titles is not None and (
+        not isinstance(titles, list) or len(titles) != num_items
+        or not all(isinstance(t, str) for t in titles)
+    ):
+        raise _mismatch(path, f"titles must be a list of {num_items} strings")
+    return titles
+
+
+def _read_encoder(path: str, num_items: int, dim: int, max_seq_len: int) -> jax.export.Exported:
+    """The `jax.export` encoder, whose inputs must be item_embeddings [M, D] float32 and
+    history [b, n] int32."""
+    try:
+        with open(path, "rb") as f:
+            encoder = jax.export.deserialize(bytearray(f.read()))
+    except Exception as e:  # noqa: BLE001 - flatbuffers and jax raise many types on garbage
+        raise _mismatch(path, "not a serialised jax.export function") from None
+    shapes = [tuple(str(d) if not isinstance(d, int) else d for d in a.shape)
+              for a in encoder.in_avals]
+    dtypes = [str(a.dtype) for a in encoder.in_avals]
+    if (len(shapes) != 2 or shapes[0] != (num_items, dim) or len(shapes[1]) != 2
+            or shapes[1][1] != max_seq_len or dtypes != ["float32", "int32"]):
+        raise _mismatch(path, f"takes {list(zip(shapes, dtypes))}, expected item_embeddings "
+                              f"({num_items}, {dim}) float32 and history (b, {max_seq_len}) int32")
+    outputs = jax.tree.unflatten(encoder.out_tree, encoder.out_avals)
+    if not isinstance(outputs, dict) or not {"user_vector", "interest_weights",
+                                             "prototype_ids", "assignment"} <= set(outputs):
+        raise _mismatch(path, "does not return the encoder's outputs")
+    return encoder
+
+
+def _read_index(path: str, num_items: int, dim: int) -> faiss.Index:
+    """The faiss index, which must hold the M item rows of dimension D, by inner product."""
+    if not os.path.isfile(path):
+        raise _mismatch(path, "no such file")
+    try:
+        index = faiss.read_index(path)
+    except RuntimeError as e:
+        raise _mismatch(path, f"not a faiss index ({_first_line(e)})") from None
+    if index.ntotal != num_items or index.d != dim:
+        raise _mismatch(path, f"holds {index.ntotal} vectors of dimension {index.d}, expected "
+                              f"the {num_items} items of dimension {dim}")
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise _mismatch(path, "does not rank by inner product")
+    return index
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+# ---------------------------------------------------------------------------------------------
 # Recommender.
 
 
@@ -157,35 +295,45 @@ class Recommender:
     """
 
     def __init__(self, export_dir: str):
+        """Loads and checks the export (see the module docstring).
+
+        Raises:
+            SineError: no manifest; ExportError: a damaged export or one that does not
+                match its manifest.
+        """
         path = os.path.join(export_dir, MANIFEST)
         if not os.path.isfile(path):
             raise SineError(f"{export_dir}: no {MANIFEST}; write one with --mode=export")
-        with open(path) as f:
-            self.manifest = json.load(f)
-        version = (self.manifest.get("format"), self.manifest.get("format_version"))
-        if version != (FORMAT, FORMAT_VERSION):
-            raise SineError(f"{path}: not a {FORMAT} version {FORMAT_VERSION} manifest")
-        files = self.manifest["files"]
+        self.manifest = manifest = _read_manifest(path)
+        num_items, dim = manifest["num_items"], manifest["embed_dim"]
+        self.max_seq_len = manifest["max_seq_len"]
+        self.id_type = manifest["item_id_type"]
+        files = manifest["files"]
 
         def file(name: str) -> str:
-            return os.path.join(export_dir, files[name]["path"])
+            return _export_file(export_dir, files, name)
 
-        self.item_ids = np.load(file("item_ids"))
-        self.item_embeddings = np.load(file("item_embeddings"))
-        self.prototypes = np.load(file("prototypes"))
+        id_kind = "i" if self.id_type == "int" else "U"
+        self.item_ids = _load_array(file("item_ids"), files["item_ids"], (num_items,), id_kind)
+        if len(np.unique(self.item_ids)) != num_items:
+            raise _mismatch(file("item_ids"), "repeats an item id")
+        self.item_embeddings = _load_array(
+            file("item_embeddings"), files["item_embeddings"], (num_items, dim), "f"
+        )
+        if not np.isfinite(self.item_embeddings).all():
+            raise _mismatch(file("item_embeddings"), "holds values that are not finite")
+        self.prototypes = _load_array(
+            file("prototypes"), files["prototypes"], (manifest["num_prototypes"], dim), "f"
+        )
         self.titles = None
         if "item_metadata" in files:
-            with open(file("item_metadata")) as f:
-                self.titles = json.load(f)["titles"]
-        with open(file("encoder"), "rb") as f:
-            self.encoder = jax.export.deserialize(bytearray(f.read()))
-        self.index = faiss.read_index(file("index"))
-        self.max_seq_len = int(self.manifest["max_seq_len"])
-        self.id_type = self.manifest.get("item_id_type", "int")
-        index_info = self.manifest["index"]
+            self.titles = _read_titles(file("item_metadata"), num_items)
+        self.encoder = _read_encoder(file("encoder"), num_items, dim, self.max_seq_len)
+        self.index = _read_index(file("index"), num_items, dim)
+        index_info = manifest.get("index") if isinstance(manifest.get("index"), dict) else {}
         self._search_args = {
-            "ef_search": index_info.get("hnsw_ef_search", 128),
-            "probe": index_info.get("ivf_probe", 16),
+            "ef_search": int(index_info.get("hnsw_ef_search", 128)),
+            "probe": int(index_info.get("ivf_probe", 16)),
         }
         self._order = np.argsort(self.item_ids, kind="stable")
         self._sorted_ids = self.item_ids[self._order]
@@ -196,14 +344,21 @@ class Recommender:
     def num_items(self) -> int:
         return len(self.item_ids)
 
-    def rows(self, history: Iterable[ItemId]) -> tuple[np.ndarray, np.ndarray]:
-        """(rows int64 [<= len] of the known ids in order, unknown ids [...]).
+    def rows(self, history: Iterable[ItemId]) -> tuple[np.ndarray, list[ItemId]]:
+        """(rows int64 [<= len] of the known ids in order, the unknown ids in order).
 
-        The ids must be of the export's id type (see `lookup`, which checks it)."""
-        ids = np.asarray(list(history), dtype=np.int64 if self.id_type == "int" else str)
+        The ids must be of the export's id type (see `lookup`, which checks it); an integer
+        outside int64 (no item has one) is unknown."""
+        history = list(history)
+        if self.id_type == "int":
+            fits = np.array([_INT64_MIN <= i <= _INT64_MAX for i in history], bool)
+            ids = np.array([i if ok else 0 for i, ok in zip(history, fits)], np.int64)
+        else:
+            fits = np.ones(len(history), bool)
+            ids = np.asarray(history, dtype=str)
         pos = np.minimum(np.searchsorted(self._sorted_ids, ids), self.num_items - 1)
-        known = self._sorted_ids[pos] == ids
-        return self._order[pos[known]], ids[~known]
+        known = fits & (self._sorted_ids[pos] == ids)
+        return self._order[pos[known]], [i for i, k in zip(history, known) if not k]
 
     def encode_rows(self, rows: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the exported encoder on histories given as rows (each oldest first).
@@ -257,7 +412,7 @@ class Recommender:
 
     def lookup(
         self, histories: Sequence[Sequence[ItemId]], on_unknown: str = "error"
-    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    ) -> tuple[list[np.ndarray], list[list[ItemId]]]:
         """Rows of each history's known ids and its unknown ids (the module's rules).
 
         Raises:
@@ -339,7 +494,7 @@ class Recommender:
                     results[i]["explain"] = self._explain(encoded, j)
         if on_unknown == "skip":
             for result, missing in zip(results, unknown):
-                result["unknown"] = missing.tolist()
+                result["unknown"] = list(missing)
         return results
 
     def _explain(self, encoded: dict[str, np.ndarray], b: int) -> dict[str, Any]:
@@ -402,10 +557,11 @@ def read_histories(path: str, id_type: str = "int") -> list[tuple[dict[str, Any]
         Per history: (keys to copy, item ids).
 
     Raises:
-        DataError: `path:line: reason` for a bad line, or `path: reason`.
+        DataError: `path:line: reason` for a bad line (not UTF-8, not JSON, not a history),
+            or `path: reason` (unreadable, no history at all).
     """
     try:
-        with open(path) as f:
+        with open(path, "rb") as f:  # a pipe is fine (`--histories=/dev/stdin`)
             lines = f.read().splitlines()
     except OSError as e:
         raise DataError(f"{path}: {e.strerror}") from None
@@ -414,13 +570,19 @@ def read_histories(path: str, id_type: str = "int") -> list[tuple[dict[str, Any]
     else:
         kind, valid = "string", lambda i: isinstance(i, str)
     histories = []
-    for number, line in enumerate(lines, 1):
+    for number, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}:{number}: not UTF-8 text (byte {e.start + 1})") from None
         if not line.strip():
             continue
         try:
             value = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{number}: not JSON ({e.msg})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{number}: JSON nested too deeply") from None
         extra = {}
         if isinstance(value, dict):
             extra = {k: v for k, v in value.items() if k != "history"}
@@ -430,6 +592,8 @@ def read_histories(path: str, id_type: str = "int") -> list[tuple[dict[str, Any]
                 f'{path}:{number}: expected a list of {kind} item ids or {{"history": [...]}}'
             )
         histories.append((extra, value))
+    if not histories:
+        raise DataError(f"{path}: no histories (the file is empty)")
     return histories
 
 
