@@ -1,18 +1,106 @@
-"""Writing into a workdir: JSON files written atomically, the environment record of
-results.json and an export's manifest, and failing writes as one-line errors.
+"""Writing into a workdir: one process at a time (`lock`), JSON files written atomically, the
+environment record of results.json and an export's manifest, and failing writes as one-line
+errors.
 
 Light on purpose (no JAX at import): the sweep process writes its summaries with it.
 """
 
 import contextlib
+import datetime
+import fcntl
 import json
 import os
+import socket
 import subprocess
+import sys
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from sine_jax.errors import SineError
+
+LOCK_FILE = ".lock"
+_held_locks: dict[str, int] = {}  # lock files this process holds -> nesting depth
+
+
+@contextlib.contextmanager
+def lock(workdir: str):
+    """Holds WORKDIR/.lock for the `with` block: an exclusive `flock`, the file naming the
+    owner (pid, host, start time, command). Take it before writing anything into WORKDIR
+    (the directory itself is created if needed). Re-entrant within a process. The kernel
+    releases the lock of a process that dies, but its record stays: a later process takes
+    it over with a warning naming the dead owner. On a file system without locks it only
+    warns.
+
+    Raises:
+        SineError: another process holds it (naming WORKDIR and the owner), or WORKDIR or
+            the lock file cannot be created.
+    """
+    with disk_errors(workdir):
+        os.makedirs(workdir, exist_ok=True)
+    path = os.path.realpath(os.path.join(workdir, LOCK_FILE))
+    if path in _held_locks:
+        _held_locks[path] += 1
+        try:
+            yield
+        finally:
+            _held_locks[path] -= 1
+        return
+    try:
+        lock_file = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise SineError(f"{path}: {e.strerror} (workdir {workdir})") from None
+    with lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _describe_owner(_read_owner(lock_file)) or "another process"
+            raise SineError(f"{workdir} is in use by {owner} ({path}); wait for it to end or "
+                            f"use another --workdir") from None
+        except OSError as e:  # e.g. a file system without locks
+            logging.warning("cannot lock %s (%s); a second process on %s is not refused",
+                            path, e.strerror, workdir)
+        previous = _read_owner(lock_file)
+        if previous is not None:
+            logging.warning("%s: %s ended without releasing %s; taking it over", path,
+                            _describe_owner(previous) or "a process", workdir)
+        lock_file.seek(0)
+        lock_file.truncate()
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                   "since": datetime.datetime.now().isoformat(timespec="seconds"),
+                   "command": " ".join(sys.argv)}, lock_file)
+        lock_file.flush()
+        _held_locks[path] = 1
+        try:
+            yield
+        finally:
+            del _held_locks[path]
+            with contextlib.suppress(OSError):  # released cleanly: no owner recorded
+                lock_file.truncate(0)
+                lock_file.flush()
+            # closing the file releases the flock
+
+
+def _read_owner(lock_file) -> dict[str, Any] | None:
+    """The owner record of an open lock file; None when empty (released), {} when garbled."""
+    lock_file.seek(0)
+    text = lock_file.read()
+    if not text.strip():
+        return None
+    try:
+        owner = json.loads(text)
+    except ValueError:
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _describe_owner(owner: dict[str, Any] | None) -> str:
+    """'process PID on HOST (since TIME: COMMAND)', or "" when unknown."""
+    if not owner or "pid" not in owner:
+        return ""
+    since = f" (started {owner.get('since')}: {str(owner.get('command', ''))[:200]})"
+    return f"process {owner['pid']} on {owner.get('host', '?')}{since}"
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
