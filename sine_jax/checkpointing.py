@@ -1,24 +1,101 @@
 """Orbax checkpoints of the train state, the grain iterator and the early-stopping record;
-early stopping itself.
+their checksums and the quarantine of damaged ones; early stopping itself.
 
 Layout: `WORKDIR/checkpoints/<step>/` with three items: `state` (the TrainState pytree),
 `data` (the grain iterator state) and `progress` (JSON: best validation metric, best step,
-evaluations without improvement). The most recent `keep` checkpoints are kept, and the
-best one (by validation metric) is never deleted.
+evaluations without improvement), and `sha256.json`. The most recent `keep` checkpoints are
+kept, and the best one (by validation metric) is never deleted.
+
+Integrity: Orbax checks the structure of what it reads but not the bytes of the array data
+(its zarr3 chunks carry no checksum), so flipped bytes would restore as other numbers.
+`sha256.json` holds the SHA-256 of every file of the three items. It is written in Orbax's
+save thread once the files are final and before the step directory is committed (renamed
+from `<step>.orbax-checkpoint-tmp`), so a committed checkpoint always has it, and it is
+verified before anything is restored. A checkpoint that fails the check or does not load is
+damaged: it is moved to `WORKDIR/checkpoints.damaged/<step>` with one warning line, never
+read again, and the step is written anew when training reaches it. A checkpoint whose files
+are intact but that does not restore into the run was written by another model or dataset:
+a one-line error. Checkpoints written before checksums existed are restored unverified.
 """
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import os
 from collections.abc import Callable
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
 from sine_jax.errors import SineError
+
+CHECKSUMS_FILE = "sha256.json"
+DAMAGED_SUFFIX = ".damaged"  # WORKDIR/checkpoints.damaged/<step>: quarantined checkpoints
+_HASH_BLOCK = 1 << 20
+
+
+def write_checksums(step_dir: str) -> None:
+    """Writes STEP_DIR/sha256.json: {relative path: SHA-256} of every file below the step's
+    item directories (the root's own files are Orbax's commit records, rewritten on commit).
+    """
+    sums = {}
+    for root, _, files in os.walk(step_dir):
+        if root == step_dir:
+            continue
+        for name in files:
+            path = os.path.join(root, name)
+            sums[os.path.relpath(path, step_dir)] = _sha256(path)
+    with open(os.path.join(step_dir, CHECKSUMS_FILE), "w") as f:
+        json.dump({"sha256": sums}, f, indent=0, sort_keys=True)
+
+
+def verify_checksums(step_dir: str, items: tuple[str, ...]) -> str | None:
+    """Why the files of `items` (e.g. ("state",)) in STEP_DIR differ from its sha256.json (a
+    file missing or changed, the record unreadable), or None when they match.
+
+    Raises:
+        FileNotFoundError: there is no sha256.json (a checkpoint of an earlier version).
+    """
+    try:
+        with open(os.path.join(step_dir, CHECKSUMS_FILE), encoding="utf-8") as f:
+            sums = json.load(f)["sha256"]
+        wanted = sorted((path, digest) for path, digest in sums.items()
+                        if path.split(os.sep, 1)[0] in items)
+        if not wanted or not all(isinstance(digest, str) for _, digest in wanted):
+            raise ValueError(f"no checksums of {', '.join(items)}")
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"{CHECKSUMS_FILE} is unreadable ({type(e).__name__})"
+    for relative, expected in wanted:
+        try:
+            actual = _sha256(os.path.join(step_dir, relative))
+        except OSError as e:
+            return f"{relative}: {e.strerror}"
+        if actual != expected:
+            return f"{relative} does not match its checksum"
+    return None
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+class DamagedCheckpoint(SineError):
+    """A checkpoint failed its checksums or did not load; it has been quarantined."""
 
 
 @dataclasses.dataclass
@@ -58,10 +135,14 @@ def _best_marker(metrics: dict[str, Any]) -> float:
 
 
 class Checkpointer:
-    """Saves and restores (state, data iterator, progress) under `directory`."""
+    """Saves and restores (state, data iterator, progress) under `directory`, checksummed;
+    damaged checkpoints are quarantined (see the module docstring)."""
 
     def __init__(self, directory: str, *, keep: int):
         self.directory = os.path.abspath(directory)
+        self.quarantine_dir = self.directory + DAMAGED_SUFFIX
+        self._saving_step = None  # the step whose save is in flight (at most one)
+        self._damaged = set()  # steps found damaged in this process: never read again
         policy = policies.AnyPreservationPolicy(
             [
                 policies.LatestN(n=keep),
@@ -73,9 +154,19 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                preservation_policy=policy, create=True, enable_async_checkpointing=True
+                preservation_policy=policy, create=True, enable_async_checkpointing=True,
+                async_options=ocp.AsyncOptions(post_finalization_callback=self._write_checksums),
             ),
         )
+
+    def _write_checksums(self) -> None:
+        """Orbax's post-finalization callback (its save thread, primary process): the files of
+        the step in flight are final, its directory not yet committed."""
+        step, self._saving_step = self._saving_step, None
+        if step is None:  # a save made through `self.manager` directly: left unverified
+            return
+        tmp = os.path.join(self.directory, f"{step}{ocp.path.atomicity.TMP_DIR_SUFFIX}")
+        write_checksums(tmp if os.path.isdir(tmp) else os.path.join(self.directory, str(step)))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -85,7 +176,10 @@ class Checkpointer:
         if step in self.manager.all_steps():
             return
         is_best = progress.best_step == step
+        self._damaged.discard(step)  # quarantined: written anew
         with self._write_errors(step):
+            self.manager.wait_until_finished()  # the previous save's checksums are written
+            self._saving_step = step
             self.manager.save(
                 step,
                 args=ocp.args.Composite(
@@ -112,10 +206,15 @@ class Checkpointer:
             ) from e
 
     def restore(self, step: int, abstract_state: Any, data_iter: Any) -> tuple[Any, Progress]:
-        """Restores state (onto the shardings of `abstract_state`), iterator and progress."""
-        restored = self.manager.restore(
+        """Restores state (onto the shardings of `abstract_state`), iterator and progress.
+
+        Raises:
+            DamagedCheckpoint: the checkpoint is damaged (it has been quarantined).
+            SineError: its files are intact but do not restore into `abstract_state`.
+        """
+        restored = self._checked_restore(
             step,
-            args=ocp.args.Composite(
+            ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state),
                 data=grain.checkpoint.CheckpointRestore(data_iter),
                 progress=ocp.args.JsonRestore(),
@@ -126,7 +225,8 @@ class Checkpointer:
     def restore_latest(
         self, abstract_state: Any, make_iterator: Callable[[], Any]
     ) -> tuple[int, Any, Any, Progress] | None:
-        """Restores the newest checkpoint that loads; damaged ones are skipped with a warning.
+        """Restores the newest checkpoint that loads; damaged ones are quarantined with a
+        warning on the way.
 
         Returns:
           (step, state, data iterator, progress), or None when there is no usable checkpoint.
@@ -135,47 +235,40 @@ class Checkpointer:
             data_iter = make_iterator()  # a failed restore may leave an iterator half-set
             try:
                 state, progress = self.restore(step, abstract_state, data_iter)
-            except Exception as e:  # noqa: BLE001 - any failure means: try the previous one
-                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-                logging.warning(
-                    "checkpoint %s/%d is damaged, partial or from an incompatible version (%s); "
-                    "trying the previous one",
-                    self.directory, step, reason,
-                )
+            except DamagedCheckpoint:
                 continue
             return step, state, data_iter, progress
         return None
 
     def restore_state(self, step: int, abstract_state: Any) -> Any:
-        """Restores only the train state of checkpoint `step`."""
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        """Restores only the train state of checkpoint `step` (raises as `restore`)."""
+        restored = self._checked_restore(
+            step, ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
         )
         return restored["state"]
 
     def best_step(self) -> int | None:
-        """The best step recorded by the newest checkpoint whose progress record loads."""
+        """The best step recorded by the newest checkpoint that loads (damaged ones are
+        quarantined on the way); None when there is none."""
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                restored = self.manager.restore(
-                    step, args=ocp.args.Composite(progress=ocp.args.JsonRestore())
+                restored = self._checked_restore(
+                    step, ocp.args.Composite(progress=ocp.args.JsonRestore())
                 )
-            except Exception as e:  # any failure means: try the previous one
-                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-                logging.warning(
-                    "checkpoint %s/%d: no progress record (%s)", self.directory, step, reason
-                )
+            except DamagedCheckpoint:
                 continue
             return Progress(**restored["progress"]).best_step
         return None
 
     def restore_params(self, step: int, abstract_params: Any) -> Any:
         """Restores only `state.params` of checkpoint `step`, whatever else the saved state
-        holds (e.g. a train state written before fields were added to it)."""
+        holds (e.g. a train state written before fields were added to it); raises as
+        `restore`. Use a Checkpointer that has not saved (Orbax binds the `state` item to
+        the whole-state handler on the first save)."""
         item = {"params": abstract_params}
-        restored = self.manager.restore(
+        restored = self._checked_restore(
             step,
-            args=ocp.args.Composite(
+            ocp.args.Composite(
                 state=ocp.args.PyTreeRestore(
                     item=item,
                     restore_args=ocp.checkpoint_utils.construct_restore_args(item),
@@ -185,17 +278,109 @@ class Checkpointer:
         )
         return restored["state"]["params"]
 
-    def restore_best_params(self, abstract_params: Any) -> tuple[int, Any]:
+    def restore_best_params(
+        self,
+        abstract_params: Any,
+        best_step: int | None = None,
+        score: Callable[[Any], float] | None = None,
+    ) -> tuple[int, Any]:
         """(best step, its parameters) onto the shardings of `abstract_params`; nothing else
         of the train state is read (no optimizer state, no data iterator).
 
+        Args:
+            abstract_params: the parameters' shapes, dtypes and shardings.
+            best_step: the best step; None = the one the newest loadable checkpoint records.
+            score: the validation metric of parameters (higher is better). When the best
+                checkpoint is damaged (quarantined) or gone, the loadable checkpoint that
+                scores highest is used instead, with a warning (None: the newest loadable).
+
         Raises:
-            SineError: no checkpoint records a best step.
+            SineError: there is no checkpoint, none loads, or an intact one does not fit.
         """
-        best_step = self.best_step()
+        if best_step is None:
+            best_step = self.best_step()
         if best_step is None or best_step < 0:
-            raise SineError(f"{self.directory}: no checkpoint to restore; train first")
-        return best_step, self.restore_params(best_step, abstract_params)
+            if self.manager.all_steps() or not os.path.isdir(self.quarantine_dir):
+                raise SineError(f"{self.directory}: no checkpoint to restore; train first")
+            raise SineError(f"{self.directory}: no checkpoint loads (the damaged ones were "
+                            f"moved to {self.quarantine_dir}); train again")
+        if best_step in self.manager.all_steps():
+            try:
+                return best_step, self.restore_params(best_step, abstract_params)
+            except DamagedCheckpoint:
+                pass
+        chosen = None  # (score, step, params) of the best loadable checkpoint so far
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                params = self.restore_params(step, abstract_params)
+            except DamagedCheckpoint:
+                continue
+            value = score(params) if score is not None else float("-inf")
+            if chosen is None or value > chosen[0]:
+                chosen = (value, step, params)
+        if chosen is None:
+            raise SineError(f"{self.directory}: no checkpoint loads (the damaged ones were "
+                            f"moved to {self.quarantine_dir}); train again")
+        how = "the best by validation" if score is not None else "the newest"
+        logging.warning(
+            "the best checkpoint (step %d) of %s is damaged or gone; using step %d instead, "
+            "%s of the checkpoints that load", best_step, self.directory, chosen[1], how,
+        )
+        return chosen[1], chosen[2]
+
+    def _checked_restore(self, step: int, args: ocp.args.Composite) -> Any:
+        """`manager.restore(step, args)` after verifying the checksums of the items read.
+
+        Raises:
+            DamagedCheckpoint: checksums do not match, or an unverified checkpoint (of an
+                earlier version) fails to load; it has been quarantined.
+            SineError: intact files that do not restore into `args` (another model or data).
+        """
+        step_dir = os.path.join(self.directory, str(step))
+        if step in self._damaged:
+            raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged")
+        try:
+            problem = verify_checksums(step_dir, tuple(args.keys()))
+        except FileNotFoundError:  # written before checksums existed
+            problem, verified = None, False
+        else:
+            verified = True
+        if problem is not None:
+            raise self._quarantine(step, problem)
+        try:
+            return self.manager.restore(step, args=args)
+        except Exception as e:  # noqa: BLE001 - orbax, tensorstore and grain raise many types
+            if not verified:
+                raise self._quarantine(step, _first_line(e)) from e
+            raise SineError(
+                f"checkpoint {step_dir} is intact but does not restore into this run "
+                f"({_first_line(e)}): it was written for another model or dataset; move "
+                f"{self.directory} aside to start afresh"
+            ) from e
+
+    def _quarantine(self, step: int, reason: str) -> "DamagedCheckpoint":
+        """Moves checkpoint `step` to the quarantine directory (primary process) with one
+        warning line; returns the exception to raise."""
+        step_dir = os.path.join(self.directory, str(step))
+        target = os.path.join(self.quarantine_dir, str(step))
+        suffix = 0
+        while os.path.exists(target):
+            suffix += 1
+            target = os.path.join(self.quarantine_dir, f"{step}.{suffix}")
+        where = f"moved to {target}"
+        if jax.process_index() == 0:
+            try:
+                os.makedirs(self.quarantine_dir, exist_ok=True)
+                os.rename(step_dir, target)
+            except OSError as e:
+                where = f"could not be moved aside ({e.strerror}) and is skipped"
+        logging.warning(
+            "checkpoint %s is damaged, partial or from an incompatible version (%s); %s",
+            step_dir, reason, where,
+        )
+        self._damaged.add(step)
+        self.manager.reload()
+        return DamagedCheckpoint(f"checkpoint {step_dir} is damaged ({reason}); {where}")
 
     def wait(self) -> None:
         with self._write_errors():

@@ -1,4 +1,5 @@
-"""Checkpointer: keep-N never deletes the best checkpoint; state, iterator, progress round-trip."""
+"""Checkpointer: keep-N never deletes the best checkpoint; state, iterator, progress round-trip;
+checksums, quarantine of damaged checkpoints, the fallback when the best one is damaged."""
 
 import os
 
@@ -6,8 +7,10 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from sine_jax import checkpointing
+from sine_jax.errors import SineError
 
 
 def _iterator():
@@ -57,4 +60,71 @@ def test_damaged_latest_checkpoint_is_skipped_for_the_previous_one(tmp_path):
     assert next(data_iter) == 2
     _damage(tmp_path / "checkpoints" / "10")
     assert ckpt.restore_latest(abstract, _iterator) is None
+    ckpt.close()
+
+
+def _flip_a_byte_of_the_array_data(step_dir):
+    """Flips one bit in the middle of the largest array-data file, as a disk fault would."""
+    data_files = [p for p in (step_dir / "state").rglob("*")
+                  if p.is_file() and p.parent.name == "d"]
+    target = max(data_files, key=lambda p: p.stat().st_size)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    target.write_bytes(bytes(data))
+
+
+def _save_random(ckpt, step, values):
+    it = _iterator()
+    ckpt.save(step, {"w": jnp.asarray(values)}, it, checkpointing.Progress(0.5, step, 0))
+    ckpt.wait()
+
+
+def test_flipped_bytes_in_array_data_are_a_damaged_checkpoint_not_other_numbers(tmp_path, caplog):
+    """Orbax reads such a file without complaint (one entry comes back changed); the
+    checksums written at save make it a damaged checkpoint, moved aside and never read."""
+    values = np.random.default_rng(0).standard_normal(4096).astype(np.float32)
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=2)
+    _save_random(ckpt, 10, values)
+    assert (tmp_path / "checkpoints" / "10" / checkpointing.CHECKSUMS_FILE).is_file()
+    _flip_a_byte_of_the_array_data(tmp_path / "checkpoints" / "10")
+    abstract = {"w": jax.ShapeDtypeStruct((4096,), jnp.float32)}
+    assert ckpt.restore_latest(abstract, _iterator) is None
+    assert not (tmp_path / "checkpoints" / "10").exists()
+    assert (tmp_path / "checkpoints.damaged" / "10" / "state").is_dir()
+    warning = next(r.getMessage() for r in caplog.records if "is damaged" in r.getMessage())
+    assert "does not match its checksum" in warning and "checkpoints.damaged/10" in warning
+    _save_random(ckpt, 10, values)  # the step is written anew, and loads
+    np.testing.assert_array_equal(ckpt.restore_state(10, abstract)["w"], values)
+    ckpt.close()
+
+
+def test_a_damaged_best_checkpoint_falls_back_to_the_best_that_loads(tmp_path, caplog):
+    writer = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=3)
+    for step in (10, 20, 30):
+        it = _iterator()
+        state = {"params": {"w": jnp.full((8,), float(step))}}
+        writer.save(step, state, it, checkpointing.Progress(0.5, step, 0))
+    writer.close()
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=3)  # a reader
+    abstract = {"w": jax.ShapeDtypeStruct((8,), jnp.float32)}
+    step, params = ckpt.restore_best_params(abstract)  # the newest record names step 30
+    assert step == 30 and params["w"][0] == 30.0
+    _damage(tmp_path / "checkpoints" / "30")
+    step, params = ckpt.restore_best_params(abstract, best_step=30, score=lambda p: -p["w"][0])
+    assert step == 10 and params["w"][0] == 10.0  # the highest score among 10 and 20
+    assert any("using step 10 instead" in r.getMessage() for r in caplog.records)
+    for step in (10, 20):
+        _damage(tmp_path / "checkpoints" / str(step))
+    with pytest.raises(SineError, match="no checkpoint loads .*checkpoints.damaged.*; train"):
+        ckpt.restore_best_params(abstract)
+    ckpt.close()
+
+
+def test_an_intact_checkpoint_of_another_shape_is_an_error_not_damage(tmp_path):
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=2)
+    _save_random(ckpt, 10, np.zeros(8, np.float32))
+    other = {"w": jax.ShapeDtypeStruct((9,), jnp.float32)}
+    with pytest.raises(SineError, match="is intact but does not restore into this run"):
+        ckpt.restore_latest(other, _iterator)
+    assert (tmp_path / "checkpoints" / "10").is_dir()  # not moved: nothing is wrong with it
     ckpt.close()
