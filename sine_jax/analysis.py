@@ -144,13 +144,11 @@ def check_run_config(config, workdir: str) -> None:
     """ConfigError when CONFIG differs from the one RUN_DIR ran with (its config.json, else
     the config in its results.json), naming the --set overrides that fix it."""
     path = os.path.join(workdir, run_config.CONFIG_FILE)
-    if os.path.isfile(path):
-        with open(path) as f:
-            recorded = json.load(f)
-    elif os.path.isfile(path := os.path.join(workdir, "results.json")):
+    recorded = run_config.read_recorded(workdir)
+    if recorded is None and os.path.isfile(path := os.path.join(workdir, "results.json")):
         with open(path) as f:
             recorded = json.load(f)["config"]
-    else:
+    if recorded is None:
         return
     fields = run_config.differing_fields(recorded, json.loads(config.to_json()))
     if fields:

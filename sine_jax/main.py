@@ -10,9 +10,8 @@ code 2.
 
 import json
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from sine_jax import cli, runtime
@@ -37,27 +36,28 @@ _SKIP_UNKNOWN = flags.DEFINE_bool(
 )
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False,
-    "train: resume a workdir even though the config differs from the one it started with.",
+    "train: resume a workdir even though the config or the input file's content differs "
+    "from what it started with; eval, export: use its checkpoints on other input content.",
 )
 flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
+    """Runs under `cli.run_app`: a SineError anywhere is one line and exit code 2."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     runtime.quiet_libraries()
     mode = _MODE.value
     if mode == "recommend" and (_HISTORY.value is None) == (_HISTORIES.value is None):
-        raise app.UsageError("--mode=recommend needs exactly one of --history, --histories")
+        raise cli.UsageError("--mode=recommend needs exactly one of --history, --histories")
     if mode != "recommend" and _CONFIG.value is None:
-        raise app.UsageError(f"--mode={mode} needs --config")
-    with cli.one_line_errors():
-        if mode == "recommend":
-            recommend()
-        elif mode == "export":
-            export()
-        else:
-            train_or_evaluate(mode)
+        raise cli.UsageError(f"--mode={mode} needs --config")
+    if mode == "recommend":
+        recommend()
+    elif mode == "export":
+        export()
+    else:
+        train_or_evaluate(mode)
 
 
 def train_or_evaluate(mode: str) -> None:
@@ -70,7 +70,9 @@ def train_or_evaluate(mode: str) -> None:
             _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value
         )
     else:
-        results = train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+        results = train.evaluate_checkpoint(
+            _CONFIG.value, _WORKDIR.value, allow_input_change=_ALLOW_CONFIG_CHANGE.value
+        )
     print(json.dumps({"test": results["test"], "valid": results["valid"],
                       "best_step": results["best_step"]}, sort_keys=True))
 
@@ -80,7 +82,9 @@ def export() -> None:
     runtime.start_jax(_CONFIG.value)
     from sine_jax import export as export_lib
 
-    export_lib.export_model(_CONFIG.value, _WORKDIR.value)
+    export_lib.export_model(
+        _CONFIG.value, _WORKDIR.value, allow_input_change=_ALLOW_CONFIG_CHANGE.value
+    )
     print(json.dumps({"export": os.path.join(_WORKDIR.value, "export")}))
 
 
@@ -100,5 +104,4 @@ def recommend() -> None:
 
 
 if __name__ == "__main__":
-    cli.exit_on_a_bad_config_file(sys.argv)
-    app.run(main)
+    cli.run_app(main)

@@ -1,12 +1,22 @@
-"""The config a workdir was started with, and the check that a rerun uses the same one.
+"""The config and the input a workdir was started with, and the checks that a rerun uses the
+same ones.
 
 `WORKDIR/config.json` is written when a run starts. Rerunning on the same workdir resumes,
 so the config must match it except for fields that only change the run's length or its
 bookkeeping (RESUMABLE_FIELDS), the export's settings (`serving.*`) and the device mesh
 (`mesh.*`); anything else is refused with the differing fields named, unless the user
 passes `--allow_config_change`.
+
+`WORKDIR/inputs.json` records the input files (the interactions file and the metadata file
+read beside it): size, mtime and the SHA-256 of the whole file. The checkpoints were trained
+on that content (item ids are numbered by popularity in it), so a rerun, an evaluation or an
+export on other content is refused naming the file, unless `--allow_config_change`. A file
+whose size and mtime are those recorded is taken as unchanged without reading it (any
+ordinary write changes the mtime); otherwise its hash decides, so a copy or a `touch` is
+not a change.
 """
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -19,6 +29,8 @@ from sine_jax.errors import ConfigError, SineError
 from sine_jax.workdir import write_json_atomic
 
 CONFIG_FILE = "config.json"
+INPUTS_FILE = "inputs.json"
+_HASH_BLOCK = 1 << 20
 RESUMABLE_FIELDS = (
     "train.num_epochs",
     "train.patience",
@@ -90,15 +102,26 @@ def changes(old: dict[str, Any], new: dict[str, Any], fields: list[str]) -> list
 
 
 def read_recorded(workdir: str) -> dict[str, Any] | None:
-    """WORKDIR/config.json (None when absent). Raises SineError when it is unreadable."""
-    path = os.path.join(workdir, CONFIG_FILE)
+    """WORKDIR/config.json (None when absent). Raises SineError when it is unreadable or not a
+    config (a JSON object)."""
+    return _read_json_object(os.path.join(workdir, CONFIG_FILE))
+
+
+def _read_json_object(path: str) -> dict[str, Any] | None:
+    """The JSON object in `path`, None when absent; SineError naming the file otherwise."""
     if not os.path.exists(path):
         return None
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise SineError(f"{path}: unreadable ({e}); remove it to start this workdir afresh")
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError, RecursionError) as e:
+        reason = str(e) if not isinstance(e, RecursionError) else "nested too deeply"
+        raise SineError(f"{path}: unreadable ({reason}); remove it to start this workdir "
+                        f"afresh") from None
+    if not isinstance(value, dict):
+        raise SineError(f"{path}: holds a JSON {type(value).__name__}, not an object; remove "
+                        f"it to start this workdir afresh")
+    return value
 
 
 def check_model_matches(config: config_dict.ConfigDict, workdir: str) -> None:
@@ -141,3 +164,85 @@ def check_or_record(config: config_dict.ConfigDict, workdir: str, *, allow_chang
                 f"--workdir, or pass --allow_config_change to resume with the new values"
             )
     write_json_atomic(os.path.join(workdir, CONFIG_FILE), new)
+
+
+def fingerprint(path: str, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """{"size", "mtime_ns", "sha256"} of `path` (the whole file hashed); `recorded`'s hash is
+    reused without reading the file when the size and mtime are the recorded ones."""
+    stat = os.stat(path)
+    if recorded and (recorded.get("size"), recorded.get("mtime_ns")) == (
+            stat.st_size, stat.st_mtime_ns):
+        return dict(recorded)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            digest.update(block)
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+
+
+def _read_inputs(workdir: str) -> dict[str, dict[str, Any]] | None:
+    path = os.path.join(workdir, INPUTS_FILE)
+    record = _read_json_object(path)
+    if record is None:
+        return None
+    files = record.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
+        raise SineError(f"{path}: not a record of input files; remove it to record the "
+                        f"current input afresh")
+    return files
+
+
+def _input_change(workdir: str, recorded: dict[str, dict], current: dict[str, dict]) -> str:
+    """A sentence naming the first input that differs, or "" when none does."""
+    for path in sorted(set(recorded) | set(current)):
+        old, new = recorded.get(path), current.get(path)
+        if old is None:
+            return f"{path} is read now but was not when {workdir} started"
+        if new is None:
+            return f"{path} was read when {workdir} started but is not now"
+        if (old.get("size"), old.get("sha256")) != (new["size"], new["sha256"]):
+            return (f"{path} changed since {workdir} started (size {old.get('size')} -> "
+                    f"{new['size']} bytes, sha256 {str(old.get('sha256'))[:12]} -> "
+                    f"{new['sha256'][:12]})")
+    return ""
+
+
+def _current_inputs(paths: list[str], recorded: dict[str, dict] | None) -> dict[str, dict]:
+    recorded = recorded or {}
+    try:
+        return {p: fingerprint(p, recorded.get(p)) for p in paths}
+    except OSError as e:
+        raise SineError(f"{e.filename}: cannot read ({e.strerror})") from None
+
+
+def check_inputs(workdir: str, paths: list[str], *, allow_change: bool = False) -> None:
+    """Refuses to evaluate or export WORKDIR on input content other than it trained on
+    (nothing recorded, e.g. a workdir of an earlier version: nothing to check).
+
+    Raises:
+        SineError: naming the first changed file, unless `allow_change`.
+    """
+    recorded = _read_inputs(workdir)
+    if recorded is None or allow_change:
+        return
+    change = _input_change(workdir, recorded, _current_inputs(paths, recorded))
+    if change:
+        raise SineError(_refusal(change))
+
+
+def check_or_record_inputs(workdir: str, paths: list[str], *, allow_change: bool) -> None:
+    """Refuses a rerun on input content other than WORKDIR started on (unless
+    `allow_change`); records the current input (WORKDIR/inputs.json) otherwise."""
+    recorded = _read_inputs(workdir)
+    current = _current_inputs(paths, recorded)
+    if recorded is not None and not allow_change:
+        change = _input_change(workdir, recorded, current)
+        if change:
+            raise SineError(_refusal(change))
+    write_json_atomic(os.path.join(workdir, INPUTS_FILE), {"files": current})
+
+
+def _refusal(change: str) -> str:
+    return (f"{change}; its checkpoints were trained on the recorded content: restore the "
+            f"file, use a new --workdir, or pass --allow_config_change to go on with the new "
+            f"content")

@@ -207,9 +207,11 @@ class _NonfiniteCheck:
                 self.reported = int(count)
             return
         self.ckpt.wait()
+        last = self.ckpt.latest_step()
+        kept = ("before any checkpoint was written" if last is None else
+                f"with the last good checkpoint (step {last}) kept in {self.ckpt.directory}")
         raise SineError(
-            f"step {first}: the loss or a gradient is not finite; stopped with the last good "
-            f"checkpoint (step {self.ckpt.latest_step()}) kept in {self.ckpt.directory}; try a "
+            f"step {first}: the loss or a gradient is not finite; stopped {kept}; try a "
             f"lower train.learning_rate, train.grad_clip_norm, or train.on_nonfinite=skip"
         )
 
@@ -254,8 +256,8 @@ def _train_and_test(run: Run) -> dict[str, Any]:
     try:
         best_step, last_step = train_loop(run, context, state, ckpt, writer)
         ckpt.wait()
-        best = ckpt.restore_state(best_step, context.abstract_state)
-        results = _run_results(run, best.params, best_step, start_time)
+        best_step, params = restore_best_params(run, best_step)
+        results = _run_results(run, params, best_step, start_time)
         writer.write(last_step, {f"test/{k}": v for k, v in results["test"].items()})
     finally:  # an interrupted run still completes the checkpoint saves in flight
         writer.close()
@@ -264,17 +266,22 @@ def _train_and_test(run: Run) -> dict[str, Any]:
     return results
 
 
-def restore_best_params(run: Run) -> tuple[int, nnx.State]:
-    """(best step, its parameters) of RUN's workdir. Only the parameters are read (no
-    optimizer state, no data iterator), so checkpoints whose train state had other fields
-    (written by an earlier version) still load.
+def restore_best_params(run: Run, best_step: int | None = None) -> tuple[int, nnx.State]:
+    """(best step, its parameters) of RUN's workdir (`best_step`: the one the checkpoints
+    record). Only the parameters are read (no optimizer state, no data iterator), so
+    checkpoints whose train state had other fields (written by an earlier version) still
+    load. When the best checkpoint is damaged, the loadable one with the best validation
+    metric (`eval.metric`) stands in, with a warning.
 
     Raises:
-      SineError: no checkpoint.
+      SineError: no checkpoint, or none loads.
     """
-    ckpt = _checkpointer(run)
+    def score(params: nnx.State) -> float:
+        return validation_metrics(run, params)[run.config.eval.metric]
+
+    ckpt = _checkpointer(run)  # a fresh one: the saving one restores whole train states only
     try:
-        return ckpt.restore_best_params(run.model.abstract_params)
+        return ckpt.restore_best_params(run.model.abstract_params, best_step, score)
     finally:
         ckpt.close()
 
@@ -365,28 +372,43 @@ class TrainedModel:
     best_step: int
 
 
-def restore_best(config: config_dict.ConfigDict, workdir: str) -> TrainedModel:
+def restore_best(
+    config: config_dict.ConfigDict, workdir: str, *, allow_input_change: bool = False
+) -> TrainedModel:
     """Loads the dataset of CONFIG and the parameters of WORKDIR's best checkpoint
-    (`restore_best_params`).
+    (`restore_best_params`), holding the workdir's lock.
 
     Raises:
-      SineError: WORKDIR has no checkpoint, it trained another model (`model.*` differs from
-        its config.json), or the data cannot be read.
+      SineError: WORKDIR has no checkpoint or none loads, it trained another model
+        (`model.*` differs from its config.json) or on other input content (unless
+        `allow_input_change`), the data cannot be read, or another process holds WORKDIR.
     """
-    run_config.check_model_matches(config, workdir)
-    with workdir_lib.disk_errors(workdir):
-        run = build_run(config, workdir)
+    with workdir_lib.lock(workdir), workdir_lib.disk_errors(workdir):
+        run = _build_trained_run(config, workdir, allow_input_change)
         best_step, params = restore_best_params(run)
     return TrainedModel(run.model, params, run.data, best_step)
 
 
-def evaluate_checkpoint(config: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Validation and test metrics of the best checkpoint in WORKDIR (no training)."""
+def _build_trained_run(
+    config: config_dict.ConfigDict, workdir: str, allow_input_change: bool
+) -> Run:
+    """`build_run` for a workdir that trained: refused for another model or other input."""
+    run_config.check_model_matches(config, workdir)
+    run = build_run(config, workdir)
+    run_config.check_inputs(workdir, dataset_lib.input_files(config.data),
+                            allow_change=allow_input_change)
+    return run
+
+
+def evaluate_checkpoint(
+    config: config_dict.ConfigDict, workdir: str, *, allow_input_change: bool = False
+) -> dict[str, Any]:
+    """Validation and test metrics of the best checkpoint in WORKDIR (no training), holding
+    the workdir's lock; raises as `restore_best`."""
     if config.model.name == "pop":
         return _popularity_results(config, workdir)
-    run_config.check_model_matches(config, workdir)
-    with workdir_lib.disk_errors(workdir):
-        run = build_run(config, workdir)
+    with workdir_lib.lock(workdir), workdir_lib.disk_errors(workdir):
+        run = _build_trained_run(config, workdir, allow_input_change)
         start_time = time.time()
         best_step, params = restore_best_params(run)
         return _run_results(run, params, best_step, start_time)
@@ -399,17 +421,23 @@ def train_and_evaluate(
     WORKDIR/results.json and returns its contents. `model.name=pop` trains nothing: its
     results are the popularity ranking's.
 
+    Holds the workdir's lock (`workdir.lock`) from before anything is written.
+
     Raises:
-      SineError: a bad config or input, a rerun with a different config (unless
-        `allow_config_change`), non-finite training, or an unwritable workdir.
+      SineError: a bad config or input, a rerun with a different config or on other input
+        content (unless `allow_config_change`), non-finite training, an unwritable workdir,
+        or another process holding it.
     """
-    with workdir_lib.disk_errors(workdir):
+    config_checks.check_config(config)  # a bad value writes nothing, not even the workdir
+    with workdir_lib.lock(workdir), workdir_lib.disk_errors(workdir):
         if config.model.name == "pop":
-            os.makedirs(workdir, exist_ok=True)
             results = _popularity_results(config, workdir)
         else:
             run = build_run(config, workdir)
             run_config.check_or_record(config, workdir, allow_change=allow_config_change)
+            run_config.check_or_record_inputs(
+                workdir, dataset_lib.input_files(config.data), allow_change=allow_config_change
+            )
             results = _train_and_test(run)
         workdir_lib.write_json_atomic(os.path.join(workdir, "results.json"), results)
     return results
