@@ -108,3 +108,36 @@ def test_sparse_updates_refused_where_the_rows_of_one_table_are_not_enough(name,
     assert not step.uses_sparse_updates(config, num_items=4_000_000)
     config.model.name, config.model.input_table = "sine", None
     assert step.uses_sparse_updates(config, num_items=4_000_000)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("train.learning_rate", float("inf"), "train.learning_rate=inf must be a finite number"),
+    ("loss.cov_weight", float("nan"), "loss.cov_weight=nan must be a finite number"),
+    ("train.grad_clip_norm", float("nan"), "train.grad_clip_norm=nan must be a finite number"),
+    ("model.temperature", float("-inf"), "model.temperature=-inf must be a finite number"),
+    ("train.seed", -1, "train.seed=-1 must be an integer in [0, 2**32)"),
+    ("data.split_seed", 2**32, "data.split_seed=4294967296 must be an integer in [0, 2**32)"),
+    ("data.synthetic.seed", -5, "data.synthetic.seed=-5 must be an integer in [0, 2**32)"),
+    ("eval.ks", ("abc",), "eval.ks=('abc',) must be positive integer cut-offs"),
+    ("eval.ks", (10, 0), "eval.ks=(10, 0) must be positive integer cut-offs"),
+])
+def test_values_are_checked_by_kind(field, value, message):
+    """Before, inf and nan passed (a NaN clip norm even trained to the end) and a negative
+    seed or a string cut-off ended in a traceback."""
+    config = default.get_config()
+    *groups, name = field.split(".")
+    node = config
+    for group in groups:
+        node = node[group]
+    with node.ignore_type():
+        node[name] = value
+    with pytest.raises(ConfigError) as err:
+        config_checks.check_config(config, num_devices=1)
+    assert str(err.value) == message or str(err.value).startswith(message)
+
+
+def test_a_float_field_added_later_is_checked_too():
+    config = default.get_config()
+    config.train.weight_decay = float("nan")  # any new float field, wherever it is
+    with pytest.raises(ConfigError, match="train.weight_decay=nan must be a finite number"):
+        config_checks.check_config(config, num_devices=1)

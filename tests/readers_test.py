@@ -3,6 +3,7 @@
 import dataclasses
 import datetime
 import os
+import threading
 
 import numpy as np
 import polars as pl
@@ -341,3 +342,39 @@ def test_unwritable_work_dir_is_a_data_error(tmp_path):
     path = _write(tmp_path, "t.csv", "1,2,3,pv,4\n")
     with pytest.raises(DataError, match=r"t\.csv: parsing into .*missing failed: "):
         readers.parse_log(path, "taobao", str(tmp_path / "missing"))
+
+
+def test_a_pipe_as_the_data_file_is_refused_not_read(tmp_path):
+    """Reading a FIFO blocks until a writer comes; before, `data.path` pointing at one hung.
+    (Should the check go, a thread opens the FIFO for writing after a while, so that the
+    test fails instead of hanging.)"""
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    unblock = threading.Timer(20, lambda: open(fifo, "w").close())  # noqa: SIM115
+    unblock.start()
+    try:
+        with pytest.raises(DataError, match=r"log.fifo: not a regular file \(a pipe, socket"):
+            readers.read_interactions(str(fifo), "interactions")
+    finally:
+        unblock.cancel()
+
+
+def test_control_characters_of_a_field_are_escaped_in_the_message(tmp_path):
+    path = _write(tmp_path, "log.txt", "1 2\n1 \x1b[2J\x1b[31mred\n")
+    with pytest.raises(DataError) as err:
+        readers.read_interactions(path, "interactions")
+    message = str(err.value)
+    assert message.endswith(r"log.txt:2: item id '\x1b[2J\x1b[31mred' is not a non-negative "
+                            "integer")
+    assert "\x1b" not in message
+
+
+@pytest.mark.parametrize("fmt, header", [
+    ("csv", "user_id,item_id,item_id,timestamp"),
+    ("movielens", "userId,movieId,rating,timestamp,userId"),
+])
+def test_a_repeated_header_column_is_an_error(tmp_path, fmt, header):
+    """Before, the first of the two columns was used silently."""
+    path = _write(tmp_path, "log.csv", f"{header}\n1,2,3,4,5\n")
+    with pytest.raises(DataError, match=r"log.csv:1: the header names column '\w+' 2 times"):
+        readers.read_interactions(path, fmt)

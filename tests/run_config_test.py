@@ -1,6 +1,10 @@
-"""A rerun on a workdir must use the config it was started with (run length aside)."""
+"""A rerun on a workdir must use the config and input content it was started with (run
+length aside)."""
 
+import functools
+import hashlib
 import json
+import os
 
 import pytest
 
@@ -93,3 +97,50 @@ def test_an_unreadable_recorded_config_is_named(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(SineError, match="config.json: unreadable"):
         run_config.check_model_matches(synthetic.get_config(), str(tmp_path))
+
+
+def test_an_unrecorded_config_that_is_not_an_object_is_named(tmp_path):
+    (tmp_path / "config.json").write_text("[]")
+    with pytest.raises(SineError, match="config.json: holds a JSON list, not an object"):
+        run_config.check_or_record(synthetic.get_config(), str(tmp_path), allow_change=False)
+
+
+def test_input_content_is_recorded_and_a_change_refused_naming_the_file(tmp_path):
+    data, workdir = tmp_path / "log.txt", str(tmp_path / "run")
+    os.makedirs(workdir)
+    data.write_text("1 2\n1 3\n")
+    run_config.check_or_record_inputs(workdir, [str(data)], allow_change=False)
+    recorded = json.loads((tmp_path / "run" / "inputs.json").read_text())["files"][str(data)]
+    assert recorded["size"] == 8
+    assert recorded["sha256"] == hashlib.sha256(b"1 2\n1 3\n").hexdigest()
+    data.write_text("1 2\n1 4\n")  # same size, other content
+    for check in (functools.partial(run_config.check_or_record_inputs, allow_change=False),
+                  run_config.check_inputs):
+        with pytest.raises(SineError) as err:
+            check(workdir, [str(data)])
+        assert str(err.value).startswith(f"{data} changed since {workdir} started (size 8 -> 8")
+        assert "--allow_config_change" in str(err.value) and "\n" not in str(err.value)
+    run_config.check_inputs(workdir, [str(data)], allow_change=True)
+    data.write_text("1 2\n1 3\n")  # the recorded content, a new mtime: not a change
+    run_config.check_or_record_inputs(workdir, [str(data)], allow_change=False)
+    companion = tmp_path / "movies.dat"  # a metadata file put beside the log later
+    companion.write_text("2::A (1990)::Drama\n")
+    both = [str(data), str(companion)]
+    with pytest.raises(SineError, match=f"{companion} is read now but was not when"):
+        run_config.check_inputs(workdir, both)
+    run_config.check_or_record_inputs(workdir, both, allow_change=True)  # recorded
+    run_config.check_inputs(workdir, both)
+    with pytest.raises(SineError, match=f"{companion} was read when .* but is not now"):
+        run_config.check_inputs(workdir, [str(data)])
+
+
+def test_an_unchanged_size_and_mtime_reuse_the_recorded_hash(tmp_path):
+    """As the dataset cache, a file whose size and mtime are the recorded ones is not read
+    again (any ordinary write changes the mtime)."""
+    data = tmp_path / "log.txt"
+    data.write_text("1 2\n")
+    recorded = run_config.fingerprint(str(data))
+    assert run_config.fingerprint(str(data), {**recorded, "sha256": "x"})["sha256"] == "x"
+    os.utime(data, ns=(recorded["mtime_ns"] + 10**9,) * 2)
+    assert run_config.fingerprint(str(data), {**recorded, "sha256": "x"}) == {
+        **recorded, "mtime_ns": recorded["mtime_ns"] + 10**9}

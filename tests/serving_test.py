@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -431,3 +432,122 @@ def test_cli_recommend(run, recommender, tmp_path):
     proc = _cli(f"--workdir={tmp_path}", "--mode=recommend", "--history=1")
     assert proc.returncode == 2 and "no manifest.json" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- A tampered export is refused at load, naming the file -------------------------------------
+
+
+def _edit_manifest(export_dir, change):
+    path = export_dir / serving.MANIFEST
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _edit_array(export_dir, name, change):
+    path = export_dir / f"{name}.npy"
+    np.save(path, change(np.load(path)), allow_pickle=True)
+
+
+def _index_of_the_first(export_dir, rows):
+    table = np.load(export_dir / "item_embeddings.npy")
+    index = faiss.IndexFlatIP(table.shape[1])
+    index.add(table[:rows])
+    faiss.write_index(index, str(export_dir / "index.faiss"))
+
+
+def _repeat_first_id(ids):
+    ids[1] = ids[0]
+    return ids
+
+
+def _nan_row(table):
+    table[3, 0] = np.nan
+    return table
+
+
+TAMPERINGS = {
+    "missing key": (lambda d: _edit_manifest(d, lambda m: m.pop("num_items")),
+                    "manifest.json: num_items is None, not a positive integer"),
+    "missing file entry": (lambda d: _edit_manifest(d, lambda m: m["files"].pop("index")),
+                           "manifest.json: it has no file entry 'index' with a 'path'"),
+    "path outside": (lambda d: _edit_manifest(
+        d, lambda m: m["files"]["item_ids"].update(path="../../item_ids.npy")),
+        "manifest.json: file 'item_ids' points outside the export"),
+    "other width": (lambda d: _edit_array(d, "item_embeddings", lambda a: a[:, :8]),
+                    "item_embeddings.npy: has shape [200, 8], the manifest's sizes give [200, 16]"),
+    "other dtype": (lambda d: _edit_array(d, "item_embeddings", lambda a: a.astype(np.float64)),
+                    "item_embeddings.npy: has dtype float64, expected float32"),
+    "fewer items": (lambda d: _edit_array(d, "item_ids", lambda a: a[:-1]),
+                    "item_ids.npy: has shape [199], the manifest's sizes give [200]"),
+    "pickled ids": (lambda d: _edit_array(d, "item_ids", lambda a: a.astype(object)),
+                    "item_ids.npy: unreadable (Object arrays cannot be loaded"),
+    "repeated id": (lambda d: _edit_array(d, "item_ids", _repeat_first_id),
+                    "item_ids.npy: repeats an item id"),
+    "not finite": (lambda d: _edit_array(d, "item_embeddings", _nan_row),
+                   "item_embeddings.npy: holds values that are not finite"),
+    "short index": (lambda d: _index_of_the_first(d, 150),
+                    "index.faiss: holds 150 vectors of dimension 16, expected the 200 items"),
+    "garbage index": (lambda d: (d / "index.faiss").write_bytes(b"garbage"),
+                      "index.faiss: not a faiss index"),
+    "garbage encoder": (lambda d: (d / "encoder.jax").write_bytes(b"garbage"),
+                        "encoder.jax: not a serialised jax.export function"),
+    "other window": (lambda d: _edit_manifest(d, lambda m: m.update(max_seq_len=10)),
+                     "encoder.jax: takes [((200, 16), 'float32'), (('b', 20), 'int32')]"),
+}
+
+
+@pytest.mark.parametrize("tampering", TAMPERINGS)
+def test_a_tampered_export_is_refused_at_load_naming_the_file(run, tmp_path, tampering):
+    """Before, a missing key or file was a traceback and an index with fewer vectors than
+    the manifest's items returned wrong items with exit code 0."""
+    tamper, message = TAMPERINGS[tampering]
+    export_dir = tmp_path / "export"
+    shutil.copytree(os.path.join(run[0], "export"), export_dir)
+    serving.Recommender(str(export_dir))  # the copy loads
+    tamper(export_dir)
+    with pytest.raises(serving.ExportError) as err:
+        serving.Recommender(str(export_dir))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).endswith("write the export again with --mode=export")
+
+
+def test_cli_recommend_from_a_tampered_export_is_one_line(run, tmp_path):
+    shutil.copytree(os.path.join(run[0], "export"), tmp_path / "export")
+    _index_of_the_first(tmp_path / "export", 150)
+    proc = _cli(f"--workdir={tmp_path}", "--mode=recommend", "--history=1,2")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "holds 150 vectors" in proc.stderr
+
+
+def test_ids_beyond_int64_are_unknown_not_an_overflow(recommender):
+    known = recommender.item_ids[:3].tolist()
+    huge = 2**63
+    with pytest.raises(serving.UnknownItemError, match=f"history 1: item id {huge} is not"):
+        recommender.recommend([[huge, *known]])
+    (skipped,) = recommender.recommend([[huge, *known, -(2**70)]], on_unknown="skip")
+    assert skipped["unknown"] == [huge, -(2**70)]
+    assert skipped["items"] == recommender.recommend([known])[0]["items"]
+
+
+def test_hostile_history_files_are_one_line_errors(tmp_path):
+    path = tmp_path / "h.jsonl"
+    path.write_bytes(b"[1, 2]\n[3, \"\xff\xfe\"]\n")
+    with pytest.raises(DataError, match=r"h.jsonl:2: not UTF-8 text \(byte 6\)"):
+        serving.read_histories(str(path))
+    path.write_text("[1]\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(DataError, match="h.jsonl:2: JSON nested too deeply"):
+        serving.read_histories(str(path))
+    path.write_text("\n\n")
+    with pytest.raises(DataError, match=r"h.jsonl: no histories \(the file is empty\)"):
+        serving.read_histories(str(path))
+
+
+def test_ivf_cells_beyond_the_catalogue_are_a_config_error(run, tmp_path):
+    _, trained = run
+    config = synthetic.get_config("tiny")
+    config.serving.index = "ivf"
+    config.serving.ivf_lists = 500
+    with pytest.raises(ConfigError, match="serving.ivf_lists=500 must be at most the 200 items"):
+        export.write_export(str(tmp_path / "export"), trained, config)
+    assert os.listdir(tmp_path) == []
