@@ -346,17 +346,28 @@ def test_unwritable_work_dir_is_a_data_error(tmp_path):
 
 def test_a_pipe_as_the_data_file_is_refused_not_read(tmp_path):
     """Reading a FIFO blocks until a writer comes; before, `data.path` pointing at one hung.
-    (Should the check go, a thread opens the FIFO for writing after a while, so that the
-    test fails instead of hanging.)"""
+    (Should the check go, a thread keeps opening the FIFO for writing after a while, so that
+    every read ends and the test fails instead of hanging.)"""
     fifo = tmp_path / "log.fifo"
     os.mkfifo(fifo)
-    unblock = threading.Timer(20, lambda: open(fifo, "w").close())  # noqa: SIM115
-    unblock.start()
+    done = threading.Event()
+
+    def unblock_readers():
+        done.wait(20)
+        while not done.wait(0.1):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a reader sees EOF
+            except OSError:  # no reader at the moment
+                pass
+
+    thread = threading.Thread(target=unblock_readers, daemon=True)
+    thread.start()
     try:
         with pytest.raises(DataError, match=r"log.fifo: not a regular file \(a pipe, socket"):
             readers.read_interactions(str(fifo), "interactions")
     finally:
-        unblock.cancel()
+        done.set()
+        thread.join()
 
 
 def test_control_characters_of_a_field_are_escaped_in_the_message(tmp_path):
