@@ -91,7 +91,9 @@ def _sha256(path: str) -> str:
 
 
 def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    """The first sentence of the first line of an error's message (at most 200 characters)."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return line.split(". ", 1)[0][:200]
 
 
 class DamagedCheckpoint(SineError):

@@ -241,7 +241,7 @@ def _read_encoder(path: str, num_items: int, dim: int, max_seq_len: int) -> jax.
     try:
         with open(path, "rb") as f:
             encoder = jax.export.deserialize(bytearray(f.read()))
-    except Exception as e:  # noqa: BLE001 - flatbuffers and jax raise many types on garbage
+    except Exception:  # noqa: BLE001 - flatbuffers and jax raise many types on garbage
         raise _mismatch(path, "not a serialised jax.export function") from None
     shapes = [tuple(str(d) if not isinstance(d, int) else d for d in a.shape)
               for a in encoder.in_avals]

@@ -106,12 +106,18 @@ def _describe_owner(owner: dict[str, Any] | None) -> str:
 def write_json_atomic(path: str, obj: Any) -> None:
     """Writes JSON (sorted keys, indented, a final newline) through a temporary file and a
     rename: never a half-written file. Numpy scalars, tuples and sets are written as numbers
-    and lists."""
+    and lists. A failed write (a full disk) leaves no temporary file and raises OSError
+    naming `path`."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as e:  # e.g. a full disk: no half-written file left, the file named
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OSError(e.errno, e.strerror, path) from e
 
 
 def _json_default(obj):

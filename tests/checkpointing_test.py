@@ -63,30 +63,22 @@ def test_damaged_latest_checkpoint_is_skipped_for_the_previous_one(tmp_path):
     ckpt.close()
 
 
-def _flip_a_byte_of_the_array_data(step_dir):
-    """Flips one bit in the middle of the largest array-data file, as a disk fault would."""
-    data_files = [p for p in (step_dir / "state").rglob("*")
-                  if p.is_file() and p.parent.name == "d"]
-    target = max(data_files, key=lambda p: p.stat().st_size)
-    data = bytearray(target.read_bytes())
-    data[len(data) // 2] ^= 0x40
-    target.write_bytes(bytes(data))
-
-
 def _save_random(ckpt, step, values):
     it = _iterator()
     ckpt.save(step, {"w": jnp.asarray(values)}, it, checkpointing.Progress(0.5, step, 0))
     ckpt.wait()
 
 
-def test_flipped_bytes_in_array_data_are_a_damaged_checkpoint_not_other_numbers(tmp_path, caplog):
+def test_flipped_bytes_in_array_data_are_a_damaged_checkpoint_not_other_numbers(
+    tmp_path, caplog, flip_a_bit_of_array_data
+):
     """Orbax reads such a file without complaint (one entry comes back changed); the
     checksums written at save make it a damaged checkpoint, moved aside and never read."""
     values = np.random.default_rng(0).standard_normal(4096).astype(np.float32)
     ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=2)
     _save_random(ckpt, 10, values)
     assert (tmp_path / "checkpoints" / "10" / checkpointing.CHECKSUMS_FILE).is_file()
-    _flip_a_byte_of_the_array_data(tmp_path / "checkpoints" / "10")
+    flip_a_bit_of_array_data(tmp_path / "checkpoints" / "10")
     abstract = {"w": jax.ShapeDtypeStruct((4096,), jnp.float32)}
     assert ckpt.restore_latest(abstract, _iterator) is None
     assert not (tmp_path / "checkpoints" / "10").exists()

@@ -28,6 +28,21 @@ SHARED_DATA = os.path.normpath(os.path.join(SHARED, "data"))
 
 
 @pytest.fixture
+def flip_a_bit_of_array_data():
+    """A function flipping one bit in the middle of the largest array-data file of a
+    checkpoint's step directory (a pathlib.Path), as a disk fault would."""
+    def flip(step_dir):
+        data_files = [p for p in (step_dir / "state").rglob("*")
+                      if p.is_file() and p.parent.name == "d"]
+        target = max(data_files, key=lambda p: p.stat().st_size)
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0x40
+        target.write_bytes(bytes(data))
+
+    return flip
+
+
+@pytest.fixture
 def shared_data():
     """Path to ../shared/data; skips the test when it is absent."""
     if not os.path.isdir(SHARED_DATA):

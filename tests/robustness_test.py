@@ -160,15 +160,6 @@ def _steps(checkpoints):
     return sorted(int(s) for s in os.listdir(checkpoints) if s.isdigit())
 
 
-def _flip_a_byte_of_the_array_data(step_dir):
-    data_files = [p for p in (step_dir / "state").rglob("*")
-                  if p.is_file() and p.parent.name == "d"]
-    target = max(data_files, key=lambda p: p.stat().st_size)
-    data = bytearray(target.read_bytes())
-    data[len(data) // 2] ^= 0x40
-    target.write_bytes(bytes(data))
-
-
 def test_a_damaged_best_checkpoint_is_quarantined_and_written_again(reference_run, tmp_path):
     """The issue's reproduction: results.json deleted, every file of the newest checkpoint
     (the best) overwritten with random bytes, the same command again. Before, the damaged step
@@ -196,21 +187,23 @@ def test_a_damaged_best_checkpoint_is_quarantined_and_written_again(reference_ru
     assert proc.returncode == 0 and "is damaged" not in proc.stderr, proc.stderr[-3000:]
 
 
-def test_eval_and_export_fall_back_to_the_best_checkpoint_that_loads(reference_run, tmp_path):
+def test_eval_and_export_fall_back_to_the_best_checkpoint_that_loads(
+    reference_run, tmp_path, flip_a_bit_of_array_data
+):
     """One flipped bit in the best checkpoint's array data: before, it loaded silently as
     other numbers; now it is damaged, and eval uses the loadable checkpoint with the best
     validation metric, with a warning. When none loads: one line and exit 2."""
     workdir = tmp_path / "run"
     shutil.copytree(reference_run[0], workdir)
     best = reference_run[1]["best_step"]
-    _flip_a_byte_of_the_array_data(workdir / "checkpoints" / str(best))
+    flip_a_bit_of_array_data(workdir / "checkpoints" / str(best))
     proc = _run(workdir, "--mode=eval")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "does not match its checksum" in proc.stderr
     (other,) = _steps(workdir / "checkpoints")
     assert f"using step {other} instead" in proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1])["best_step"] == other
-    _flip_a_byte_of_the_array_data(workdir / "checkpoints" / str(other))
+    flip_a_bit_of_array_data(workdir / "checkpoints" / str(other))
     for mode in ("eval", "export"):
         proc = _run(workdir, f"--mode={mode}")
         assert proc.returncode == 2, proc.stderr[-3000:]
