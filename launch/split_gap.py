@@ -20,8 +20,7 @@ import sys
 from absl import flags
 
 from sine_jax import analysis, cli
-from sine_jax.errors import SineError
-from sine_jax.experiments import sweep, tables
+from sine_jax.experiments import tables
 from sine_jax.workdir import write_json_atomic
 
 
@@ -33,17 +32,14 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
 
 
+@cli.tool
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse_flags(define_flags, argv, __doc__)
-    try:
-        if not os.path.isdir(args.workdir):
-            raise sweep.SweepError(f"--workdir={args.workdir}: no such directory")
-        config = tables.load_config(args.config, args.set)
-        analysis.check_run_config(config, args.workdir)
-        report = analysis.validation_test_gap(config, args.workdir)
-    except (sweep.SweepError, SineError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if not os.path.isdir(args.workdir):
+        raise cli.UsageError(f"--workdir={args.workdir}: no such directory")
+    config = tables.load_config(args.config, args.set)
+    analysis.check_run_config(config, args.workdir)
+    report = analysis.validation_test_gap(config, args.workdir)
     write_json_atomic(os.path.join(args.workdir, "split_gap.json"), report)
     print(json.dumps(report, indent=2, sort_keys=True))
     return 0

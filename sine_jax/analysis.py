@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from sine_jax import evaluate, metrics, models, run_config, train
+from sine_jax import workdir as workdir_lib
 from sine_jax.data import pipeline
 from sine_jax.errors import ConfigError, SineError
 
@@ -272,8 +273,9 @@ def validation_test_gap(config, workdir: str, rare_share: float = 0.25) -> dict:
     """
     if config.data.split != "leave_one_out":
         raise SineError("the validation-to-test gap is a leave-one-out measure")
-    run = train.build_run(config, workdir)
-    best_step, params = train.restore_best_params(run)
+    with workdir_lib.lock(workdir):
+        run = train.build_trained_run(config, workdir)
+        best_step, params = train.restore_best_params(run)
     ks = config.eval.ks
 
     def ranks(arrays):

@@ -384,15 +384,20 @@ def restore_best(
         `allow_input_change`), the data cannot be read, or another process holds WORKDIR.
     """
     with workdir_lib.lock(workdir), workdir_lib.disk_errors(workdir):
-        run = _build_trained_run(config, workdir, allow_input_change)
+        run = build_trained_run(config, workdir, allow_input_change)
         best_step, params = restore_best_params(run)
     return TrainedModel(run.model, params, run.data, best_step)
 
 
-def _build_trained_run(
-    config: config_dict.ConfigDict, workdir: str, allow_input_change: bool
+def build_trained_run(
+    config: config_dict.ConfigDict, workdir: str, allow_input_change: bool = False
 ) -> Run:
-    """`build_run` for a workdir that trained: refused for another model or other input."""
+    """`build_run` for a workdir that trained (hold its lock, `workdir.lock`).
+
+    Raises:
+      SineError: as `build_run`, or WORKDIR trained another model (`model.*` differs from
+        its config.json) or on other input content (unless `allow_input_change`).
+    """
     run_config.check_model_matches(config, workdir)
     run = build_run(config, workdir)
     run_config.check_inputs(workdir, dataset_lib.input_files(config.data),
@@ -408,7 +413,7 @@ def evaluate_checkpoint(
     if config.model.name == "pop":
         return _popularity_results(config, workdir)
     with workdir_lib.lock(workdir), workdir_lib.disk_errors(workdir):
-        run = _build_trained_run(config, workdir, allow_input_change)
+        run = build_trained_run(config, workdir, allow_input_change)
         start_time = time.time()
         best_step, params = restore_best_params(run)
         return _run_results(run, params, best_step, start_time)
