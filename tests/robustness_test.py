@@ -161,7 +161,7 @@ def _steps(checkpoints):
 
 
 def test_a_damaged_best_checkpoint_is_quarantined_and_written_again(reference_run, tmp_path):
-    """The issue's reproduction: results.json deleted, every file of the newest checkpoint
+    """The reported reproduction: results.json deleted, every file of the newest checkpoint
     (the best) overwritten with random bytes, the same command again. Before, the damaged step
     was skipped on restore but never rewritten (it existed), and the final restore of the best
     step read it again: a traceback, for ever."""
