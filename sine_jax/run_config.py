@@ -78,11 +78,16 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Fields a newer version added with a value that keeps the old behaviour: a config recorded
+# before the field existed is the same config when the field has this value.
+ADDED_FIELDS = {"train.weight_decay": 0.0}
+
+
 def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Fields (dotted names) whose values differ, run-length and export fields excepted.
 
-    A field that a newer version added as an unset switch (None: keep the old behaviour) is
-    not a difference from a config recorded before it existed.
+    A field that a newer version added as an unset switch (None: keep the old behaviour), or
+    with its ADDED_FIELDS value, is not a difference from a config recorded before it existed.
     """
     old_flat, new_flat = flatten(old), flatten(new)
     names = sorted(set(old_flat) | set(new_flat))
@@ -90,7 +95,7 @@ def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         n for n in names
         if n not in RESUMABLE_FIELDS and not n.startswith(RESUMABLE_PREFIXES)
         and old_flat.get(n, "<absent>") != new_flat.get(n, "<absent>")
-        and not (n not in old_flat and new_flat[n] is None)
+        and not (n not in old_flat and new_flat[n] in (None, ADDED_FIELDS.get(n)))
     ]
 
 

@@ -75,6 +75,22 @@ def test_a_switch_added_since_the_run_started_resumes_while_unset(tmp_path):
         run_config.check_or_record(config, str(tmp_path), allow_change=False)
 
 
+def test_a_field_added_with_its_old_behaviour_value_resumes(tmp_path):
+    """A workdir recorded before train.weight_decay existed resumes with 0.0 (plain Adam, the
+    old behaviour), not with another value."""
+    config = synthetic.get_config()
+    run_config.check_or_record(config, str(tmp_path), allow_change=False)
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    del recorded["train"]["weight_decay"]
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    assert config.train.weight_decay == 0.0
+    run_config.check_or_record(config, str(tmp_path), allow_change=False)
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    config.train.weight_decay = 0.01
+    with pytest.raises(SineError, match="train.weight_decay: '<absent>' -> 0.01"):
+        run_config.check_or_record(config, str(tmp_path), allow_change=False)
+
+
 def test_restoring_into_another_model_is_refused(tmp_path):
     """A workdir trained before the default preset changed: evaluating or exporting it with the
     new default would restore only the weights both models share (eq 3's LayerNorms dropped)."""
