@@ -462,12 +462,14 @@ class Recommender:
             top_n: N.
             exclude_history: leave the history's items out of the results.
             explain: add the K activated prototypes, their weights e_k (sum 1) and the items
-                of the encoder's window assigned to each (argmax_k P(k|t)), in slot order.
+                of the encoder's window assigned to each (argmax_k P(k|t)), in slot order;
+                and each window item's P(k|t) over the K slots, oldest first.
             on_unknown: "error" or "skip".
 
         Returns:
             Per history: {"items": [ids], "scores": [floats]}, plus "explain":
-            {"interests": [{"prototype", "weight", "items"} x K]} when asked, plus "unknown":
+            {"interests": [{"prototype", "weight", "items"} x K], "history": [{"item",
+            "assignment": [K floats]} per window item]} when asked, plus "unknown":
             [ids] with on_unknown="skip".
 
         Raises:
@@ -480,7 +482,7 @@ class Recommender:
         results = [{"items": [], "scores": []} for _ in rows]
         if explain:
             for result in results:
-                result["explain"] = {"interests": []}
+                result["explain"] = {"interests": [], "history": []}
         active = [i for i, r in enumerate(rows) if len(r)]  # histories with a known item
         if active:
             encoded = self.encode_rows([rows[i] for i in active])
@@ -498,10 +500,12 @@ class Recommender:
         return results
 
     def _explain(self, encoded: dict[str, np.ndarray], b: int) -> dict[str, Any]:
-        """The activated interests of user b: prototype, weight e_k, assigned window items."""
+        """The activated interests of user b (prototype, weight e_k, assigned window items)
+        and, for each item of the window, oldest first, its P(k|t) over the K interests."""
         window = encoded["window"][b]  # [n] rows + 1
         valid = window > 0
-        slot = np.argmax(encoded["assignment"][b], axis=-1)  # [n]
+        assignment = encoded["assignment"][b]  # [n, K]
+        slot = np.argmax(assignment, axis=-1)  # [n]
         interests = []
         for k, (proto, weight) in enumerate(
             zip(encoded["prototype_ids"][b], encoded["interest_weights"][b])
@@ -514,7 +518,11 @@ class Recommender:
                     "items": self.item_ids[members].tolist(),
                 }
             )
-        return {"interests": interests}
+        history = [
+            {"item": item, "assignment": [round(float(p), 6) for p in row]}
+            for item, row in zip(self.item_ids[window[valid] - 1].tolist(), assignment[valid])
+        ]
+        return {"interests": interests, "history": history}
 
     def item_titles(self, item_ids: Iterable[ItemId]) -> list[str]:
         """Titles of original item ids ("" when unknown or without metadata)."""

@@ -201,6 +201,14 @@ def test_explanation(run, recommender):
         # Every item of the encoder's window (the last 20) is assigned to exactly one interest.
         assigned = sorted(item for i in interests for item in i["items"])
         assert assigned == sorted(history[-20:])
+        # ... and each window item's P(k|t), oldest first, sums to 1 with its argmax there.
+        per_item = result["explain"]["history"]
+        assert [row["item"] for row in per_item] == list(history[-20:])
+        for row in per_item:
+            assert len(row["assignment"]) == k
+            assert sum(row["assignment"]) == pytest.approx(1.0, abs=1e-5)
+            best = int(np.argmax(row["assignment"]))
+            assert row["item"] in interests[best]["items"]
 
 
 def test_explanation_matches_the_model(run, recommender):
@@ -217,6 +225,10 @@ def test_explanation_matches_the_model(run, recommender):
         )
         slot = np.argmax(np.asarray(encoding.assignment[b]), axis=-1)
         window = arrays["history"][b]
+        np.testing.assert_allclose(
+            [row["assignment"] for row in result["explain"]["history"]],
+            np.asarray(encoding.assignment[b])[window > 0], atol=1e-5,
+        )
         for k, interest in enumerate(interests):
             members = window[(window > 0) & (slot == k)]
             assert interest["items"] == trained.data.item_raw_ids[members].tolist()
@@ -236,7 +248,7 @@ def test_unknown_item_ids(recommender):
     assert skipped[2] == {
         "items": [],
         "scores": [],
-        "explain": {"interests": []},
+        "explain": {"interests": [], "history": []},
         "unknown": [unknown],
     }
     with pytest.raises(SineError, match="history 1 is empty"):
