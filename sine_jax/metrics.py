@@ -7,7 +7,8 @@ HitRate@N.
 The item table has R >= M + 1 rows: row 0 is padding and rows M + 1..R - 1 (pad rows that make
 R a multiple of the 'model' mesh axis) are never ranked. The `sharded_*` functions split the
 table's rows over the 'model' axis and the users over 'data' (jax.shard_map); they give exactly
-the unsharded results.
+the unsharded results. A NaN score (from non-finite parameters) counts as -inf: it is never a
+hit, and a target that scores NaN ranks last.
 
 Shapes: B users, D dim, M items (ids 1..M; 0 = padding), R item-table rows, H history length of
 the exclusion lists, T targets per user, K top items kept, S size of the 'model' axis.
@@ -94,10 +95,16 @@ def _scan_table(
 
 def _scores(queries: jax.Array, rows: jax.Array) -> jax.Array:
     """Scores [B, C] of rows [C, D] for queries [B, D], or for K queries per user [B, K, D]
-    the best of the K (ranking by it = merging the K per-interest top-N lists by score)."""
+    the best of the K (ranking by it = merging the K per-interest top-N lists by score).
+
+    A NaN score (non-finite parameters) is -inf: that item ranks behind every other, and a
+    target scoring NaN has every item ahead of it, so NaN never counts as a hit."""
     if queries.ndim == 2:
-        return queries @ rows.T
-    return jnp.max(jnp.einsum("bkd,cd->bkc", queries, rows), axis=1)
+        scores = queries @ rows.T
+    else:
+        scores = jnp.einsum("bkd,cd->bkc", queries, rows)
+    scores = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
+    return scores if queries.ndim == 2 else jnp.max(scores, axis=1)
 
 
 def _count_ahead(

@@ -241,6 +241,43 @@ def test_several_queries_per_user_rank_by_their_best_score(data, model):
     np.testing.assert_array_equal(_ranks(queries, table, targets, exclude, **kwargs), want_ranks)
 
 
+@pytest.mark.parametrize("data,model", [(1, 1), (2, 4)])
+def test_nan_scores_are_never_hits(data, model):
+    """A NaN user vector (every score NaN), a NaN target row, a NaN row of another item and a
+    NaN among K queries: NaN ranks as -inf, behind every item, and is never in a top list."""
+    rng = np.random.default_rng(5)
+    table = rng.normal(size=(ROWS, DIM)).astype(np.float32)
+    users = rng.normal(size=(BATCH, DIM)).astype(np.float32)
+    targets = rng.integers(1, NUM_ITEMS + 1, BATCH).astype(np.int32)
+    targets[2] = 7
+    exclude = np.zeros((BATCH, 1), np.int32)
+    finite_users, finite_table = users.copy(), table.copy()
+    users[0] = np.nan  # every score of user 0
+    table[7] = np.nan  # user 2's target; an ordinary item for the others
+    kwargs = {"num_items": NUM_ITEMS, "chunk_size": 24}
+    mesh = _mesh(data, model)
+    sharded = _shard(mesh, users, table, targets, exclude)
+    ranks = np.asarray(_sharded_ranks(*sharded, mesh=mesh, **kwargs) if model > 1
+                       else _ranks(users, table, targets, exclude, **kwargs))
+    assert ranks[0] == ranks[2] == NUM_ITEMS  # last: every other item is ahead
+    # For the other users item 7 scores NaN: it is behind their target, never ahead.
+    for b in set(range(BATCH)) - {0, 2}:
+        scores = table.astype(np.float64) @ users[b]
+        ahead = [i for i in range(1, NUM_ITEMS + 1)
+                 if i not in (7, targets[b]) and scores[i] >= scores[targets[b]]]
+        assert ranks[b] == 1 + len(ahead), b
+    top = np.asarray(_sharded_top(sharded[0], sharded[1], sharded[3], mesh=mesh, k=K, **kwargs)
+                     if model > 1 else _top(users, table, exclude, k=K, **kwargs))
+    np.testing.assert_array_equal(top[0], 0)  # no item has a score
+    assert 7 not in top
+    # K queries of which one is NaN: the item takes the best of the finite ones.
+    queries = np.stack([finite_users, np.full_like(finite_users, np.nan)], axis=1)
+    np.testing.assert_array_equal(
+        _ranks(queries, finite_table, targets, exclude, **kwargs),
+        _ranks(finite_users, finite_table, targets, exclude, **kwargs))
+    assert metrics.rank_metrics(ranks[[0, 2]], ks=(10,))["HR@10"] == 0.0
+
+
 def test_sharded_top_items_fewer_than_k_left():
     table = np.zeros((8, 1), np.float32)
     table[1:4, 0] = [0.5, 0.9, 0.5]  # items 1..3; rows 4..7 pad rows
