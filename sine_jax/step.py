@@ -84,7 +84,9 @@ DROPOUT_STREAM = 2**31 - 1
 
 
 def learning_rate_schedule(train_config, total_steps: int) -> optax.Schedule:
-    """The learning rate by step: constant or cosine to 0, after an optional linear warm-up."""
+    """The learning rate by step t: linear from 0 over w = train.warmup_steps, then constant,
+    or cosine lr (1 + cos(pi (t - w) / (T - w))) / 2 to 0 at the last step T; the cosine
+    warms up over at least one step (w = max(w, 1): step 0 has rate 0)."""
     lr = train_config.learning_rate
     warmup = min(train_config.warmup_steps, total_steps)
     if train_config.lr_decay == "cosine":

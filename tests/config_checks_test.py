@@ -79,17 +79,32 @@ def _learning_rates(config, total_steps, steps):
     return np.array(rates)
 
 
-def test_constant_warmup_and_cosine_schedules():
+def _closed_form(lr_decay, warmup, total, t):
+    """The learning rate at step t: linear from 0 over the warm-up, then constant or
+    lr (1 + cos(pi (t - w) / (T - w))) / 2; cosine warms up over at least one step."""
+    lr = 1e-3
+    if lr_decay == "cosine":
+        warmup = max(warmup, 1)
+    if t < warmup:
+        return lr * t / warmup
+    if lr_decay == "constant":
+        return lr
+    return lr * (1 + np.cos(np.pi * min(t - warmup, total - warmup) / (total - warmup))) / 2
+
+
+@pytest.mark.parametrize("lr_decay", ["constant", "cosine"])
+@pytest.mark.parametrize("warmup", [0, 1, 4])
+def test_schedules_follow_their_closed_forms(lr_decay, warmup):
     config = default.get_config()
-    np.testing.assert_allclose(_learning_rates(config, 10, 3), 1e-3, rtol=1e-4)
-    config.train.warmup_steps = 4
-    warm = _learning_rates(config, 10, 6)
-    np.testing.assert_allclose(warm[:4], [0.0, 0.25e-3, 0.5e-3, 0.75e-3], rtol=1e-4, atol=1e-9)
-    np.testing.assert_allclose(warm[4:], 1e-3, rtol=1e-4)
-    config.train.warmup_steps = 0
-    config.train.lr_decay = "cosine"
-    cosine = _learning_rates(config, 10, 10)
-    assert cosine[0] < 1e-4 and np.all(np.diff(cosine[1:]) < 0) and cosine[-1] < 1e-4
+    config.train.lr_decay, config.train.warmup_steps = lr_decay, warmup
+    total = 12
+    want = [_closed_form(lr_decay, warmup, total, t) for t in range(total + 3)]
+    schedule = step.learning_rate_schedule(config.train, total)
+    np.testing.assert_allclose([schedule(t) for t in range(total + 3)], want, rtol=1e-5,
+                               atol=1e-10)
+    # The rate Adam applies (its first moves under a constant gradient are the rate itself).
+    np.testing.assert_allclose(_learning_rates(config, total, 3), want[:3], rtol=1e-4,
+                               atol=1e-9)
 
 
 @pytest.mark.parametrize("name, extra, message", [
