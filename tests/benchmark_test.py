@@ -27,7 +27,12 @@ def test_tiny_benchmark_reports_every_field_and_compiles_once():
     assert results["num_compiles"] == 1
     assert results["mesh"] == {"data": 4, "model": 2} and results["devices"] == 8
     assert results["flops_per_step"] > 0 and results["examples_per_sec"] > 0
-    assert 0 < results["roofline_fraction"]
+    # The roofline time (the step's FLOPs at peak FLOP/s, or its bytes at peak bandwidth,
+    # whichever is longer) is a lower bound of the step time: a fraction in (0, 1].
+    roofline = max(results["flops_per_step"] / results["peak_flops_per_sec"],
+                   results["bytes_per_step"] / results["bandwidth_bytes_per_sec"])
+    assert results["roofline_fraction"] == pytest.approx(roofline / results["step_seconds"])
+    assert 0 < results["roofline_fraction"] <= 1
     assert results["sparse_item_updates"]  # 2,000 items > 8 x the rows a step touches
     assert "examples/s" in benchmark.format_table(results)
 

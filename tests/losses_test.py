@@ -129,11 +129,12 @@ def test_accidental_hits_do_not_change_other_examples():
 
 
 def test_covariance_regularizer_matches_equations():
+    """Each prototype (row) is a variable observed over its D entries: numpy's population
+    covariance of the rows is M, and 1/2 (||M||_F^2 - ||diag M||^2) sums M_ij^2 over i < j."""
     rng = np.random.default_rng(3)
-    c = rng.normal(size=(6, 5))
-    centered = c - c.mean(axis=1, keepdims=True)
-    m = centered @ centered.T / 5
-    ref = 0.5 * ((m**2).sum() - (np.diag(m) ** 2).sum())
+    c = rng.normal(size=(6, 5)) + rng.normal(size=(6, 1))  # rows with their own means
+    m = np.cov(c, bias=True)  # [6, 6]
+    ref = sum(m[i, j] ** 2 for i in range(6) for j in range(i + 1, 6))
     np.testing.assert_allclose(losses.covariance_regularizer(jnp.asarray(c)), ref, rtol=1e-5)
 
 

@@ -27,6 +27,9 @@ def test_run_length_may_change(tmp_path):
     config.train.num_epochs += 5
     config.train.patience = 0
     run_config.check_or_record(config, str(tmp_path), allow_change=False)
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    assert (recorded["train"]["num_epochs"], recorded["train"]["patience"]) == (
+        config.train.num_epochs, 0)  # the new run length is recorded
 
 
 def test_the_mesh_may_change(tmp_path):  # checkpoints restore onto any mesh shape
@@ -34,6 +37,8 @@ def test_the_mesh_may_change(tmp_path):  # checkpoints restore onto any mesh sha
     run_config.check_or_record(config, str(tmp_path), allow_change=False)
     config.mesh.data, config.mesh.model = 4, 2
     run_config.check_or_record(config, str(tmp_path), allow_change=False)
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    assert (recorded["mesh"]["data"], recorded["mesh"]["model"]) == (4, 2)
 
 
 def test_other_changes_are_refused_with_the_fields_named(tmp_path):

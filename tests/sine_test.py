@@ -873,6 +873,30 @@ def test_build_model_uses_config():
     assert np.abs(np.asarray(module.concept_w2[...])).max() <= np.sqrt(6 / (D + 1))
 
 
+def test_initialisation_is_glorot_uniform_over_its_whole_range():
+    """At sizes where the sample shows it: each matrix [a, b] fills U(-l, l) with
+    l = sqrt(6 / (a + b)) (standard deviation l / sqrt(3), extremes near +-l)."""
+    d, num_prototypes, n, num_items = 32, 40, 20, 500
+    module = model_lib.build_model(
+        _model_config(embed_dim=d, num_prototypes=num_prototypes, max_seq_len=n),
+        num_items=num_items, rngs=nnx.Rngs(0),
+    )
+    shapes = {  # (values, fan_in + fan_out)
+        "item_embedding": (module.item_embedding[...][1:], num_items + 1 + d),
+        "prototypes": (module.prototypes[...], num_prototypes + d),
+        "position_embedding": (module.position_embedding[...], n + d),
+        "concept_w1": (module.concept_w1[...], 2 * d),
+        "w3": (module.w3[...], 2 * d),
+    }
+    for name, (values, fans) in shapes.items():
+        values, limit = np.asarray(values).ravel(), np.sqrt(6 / fans)
+        assert values.size >= 640, name
+        assert np.abs(values).max() <= limit, name
+        assert min(-values.min(), values.max()) > 0.95 * limit, name
+        np.testing.assert_allclose(values.std(), limit / np.sqrt(3), rtol=0.08, err_msg=name)
+        assert abs(values.mean()) < 0.1 * limit, name
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [
