@@ -2,6 +2,8 @@
 checksums, quarantine of damaged checkpoints, the fallback when the best one is damaged."""
 
 import os
+import subprocess
+import sys
 
 import grain
 import jax
@@ -120,3 +122,51 @@ def test_an_intact_checkpoint_of_another_shape_is_an_error_not_damage(tmp_path):
         ckpt.restore_latest(other, _iterator)
     assert (tmp_path / "checkpoints" / "10").is_dir()  # not moved: nothing is wrong with it
     ckpt.close()
+
+
+def test_best_step_falls_back_past_a_damaged_progress_record(tmp_path):
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=3)
+    it = _iterator()
+    for step, progress in ((10, checkpointing.Progress(0.5, 10, 0)),
+                           (20, checkpointing.Progress(0.6, 20, 0))):
+        ckpt.save(step, {"w": jnp.full((3,), float(step))}, it, progress)
+    ckpt.wait()
+    assert ckpt.best_step() == 20
+    files = [p for p in (tmp_path / "checkpoints" / "20" / "progress").rglob("*") if p.is_file()]
+    assert files
+    for path in files:
+        path.write_bytes(b"{not json")
+    assert ckpt.best_step() == 10  # the newest record that loads
+    ckpt.close()
+
+
+_FULL_DISK = """
+import resource, signal, sys
+import grain, jax.numpy as jnp, numpy as np
+from sine_jax import checkpointing
+from sine_jax.errors import SineError
+ckpt = checkpointing.Checkpointer(sys.argv[1], keep=2)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, resource.RLIM_INFINITY))
+state = {"w": jnp.asarray(np.random.default_rng(0).normal(size=1 << 18), jnp.float32)}
+try:
+    ckpt.save(10, state, iter(grain.MapDataset.range(4).to_iter_dataset()),
+              checkpointing.Progress())
+    ckpt.wait()
+except SineError as e:
+    print(e)
+"""
+
+
+def test_a_failed_save_is_one_line_naming_the_directory(tmp_path):
+    """Files capped at 64 KiB (as a full disk would): the asynchronous write of a 1 MiB
+    state fails, and the error is one line naming the checkpoint directory."""
+    directory = tmp_path / "checkpoints"
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK, str(directory)],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (message,) = proc.stdout.splitlines()
+    assert message.startswith(f"{directory}: writing a checkpoint failed")
+    assert len(message) < len(str(directory)) + 450  # the cause, cut to 300 characters
+    assert message.endswith("; is the disk full or the directory read-only?")

@@ -281,6 +281,27 @@ def _interactions(pairs, path="log"):
                                 path=path)
 
 
+@pytest.mark.parametrize("span", [1000, 2**33])  # one sort key, or past 2**32 (lexsort)
+def test_events_sorted_by_user_then_time_with_ties_in_file_order(span):
+    """Millisecond timestamps over more than 49 days span more than 2**32: user 1's late
+    events must stay before user 2's early ones."""
+    rng = np.random.default_rng(0)
+    low = 1_600_000_000_000
+    users = np.repeat([1, 2, 3], 6)
+    times = low + rng.choice([0, span // 3, span // 3, span], size=18)  # ties
+    items = rng.permutation(18) + 100
+    order = rng.permutation(18)  # file order
+    log = readers.Interactions(users=users[order], items=items[order], timestamps=times[order],
+                               path="log")
+    data = dataset.preprocess(log, min_user_interactions=0)
+    for u, user in enumerate(data.user_raw_ids):
+        rows = sorted((t, row) for row, (v, t) in enumerate(zip(log.users, log.timestamps))
+                      if v == user)  # by time, then file row
+        want = [log.items[row] for _, row in rows]
+        got = data.item_raw_ids[data.items[data.offsets[u] : data.offsets[u + 1]]]
+        np.testing.assert_array_equal(got, want, err_msg=f"user {user}")
+
+
 @pytest.mark.parametrize("iterative,users,dropped,passes", [
     (False, [1, 2, 3], (2, 2, 1, 1), 1),
     (True, [1, 2], (3, 3, 2, 3), 3),

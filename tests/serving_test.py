@@ -386,6 +386,25 @@ def test_serving_fields_do_not_block_resuming():
     assert run_config.differing_fields(old, new.to_dict()) == ["model.embed_dim"]
 
 
+@pytest.mark.parametrize("field, value", [("format_version", 2), ("format", "other-export")])
+def test_an_export_of_another_format_version_is_refused(run, tmp_path, field, value):
+    export_dir = tmp_path / "export"
+    shutil.copytree(os.path.join(run[0], "export"), export_dir)
+    manifest = json.loads((export_dir / serving.MANIFEST).read_text())
+    manifest[field] = value
+    (export_dir / serving.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(SineError, match=f"manifest.json: not a sine_jax-export version "
+                                        f"{serving.FORMAT_VERSION} manifest"):
+        serving.Recommender(str(export_dir))
+
+
+@pytest.mark.parametrize("top_n", [0, -3])
+def test_top_n_below_one_is_refused(recommender, top_n):
+    history = recommender.item_ids[:5].tolist()
+    with pytest.raises(SineError, match=f"top_n={top_n} must be >= 1"):
+        recommender.recommend([history], top_n=top_n)
+
+
 def test_missing_export_is_a_clear_error(tmp_path):
     with pytest.raises(SineError, match="no manifest.json; write one with --mode=export"):
         serving.Recommender(str(tmp_path))
