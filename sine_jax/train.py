@@ -134,6 +134,7 @@ def train_loop(
         stopping = checkpointing.EarlyStopping(config.train.patience, record)
         logging.info("resumed from checkpoint at step %d", step)
     check_finite = _NonfiniteCheck(config.train.on_nonfinite, ckpt)
+    barrier = _step_barrier()
     step_fn = step_lib.make_step_fn(context, config)
     batch_sharding = sharding.batch_sharding(run.mesh)
 
@@ -177,6 +178,8 @@ def train_loop(
         elif step % config.checkpoint.every_steps == 0:
             check_finite(state)
             ckpt.save(step, state, train_iter, stopping.record)
+        if barrier is not None:
+            barrier(step)
         # The next batch is read and sent while this step computes, after any checkpoint
         # of this step saved the iterator (so a resumed run reads the same batches).
         batch = next_batch()
@@ -186,6 +189,27 @@ def train_loop(
     if last_eval != step:  # e.g. resumed at the last step of an interrupted final save
         validate_and_save()
     return stopping.record.best_step, step
+
+
+# Fault injection for tests: SINE_JAX_STEP_BARRIER=STEP:FD makes the loop stop at STEP (after
+# its validation and the start of its checkpoint save), write "STEP\n" to the socket FD and
+# wait there for one byte back, so that a test can kill the process at a known step.
+STEP_BARRIER_ENV = "SINE_JAX_STEP_BARRIER"
+
+
+def _step_barrier() -> Callable[[int], None] | None:
+    """The hook of STEP_BARRIER_ENV, or None when it is unset."""
+    spec = os.environ.get(STEP_BARRIER_ENV)
+    if not spec:
+        return None
+    at, fd = (int(x) for x in spec.split(":"))
+
+    def barrier(step: int) -> None:
+        if step == at:
+            os.write(fd, f"{step}\n".encode())
+            os.read(fd, 1)  # until the other side answers, closes, or kills this process
+
+    return barrier
 
 
 class _NonfiniteCheck:

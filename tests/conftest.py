@@ -27,6 +27,10 @@ SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 SHARED_DATA = os.path.normpath(os.path.join(SHARED, "data"))
 
 
+# CI sets it: a test whose ../shared/data file is absent fails instead of skipping.
+REQUIRE_SHARED_DATA = os.environ.get("SINE_JAX_REQUIRE_SHARED_DATA") == "1"
+
+
 @pytest.fixture
 def flip_a_bit_of_array_data():
     """A function flipping one bit in the middle of the largest array-data file of a
@@ -43,11 +47,20 @@ def flip_a_bit_of_array_data():
 
 
 @pytest.fixture
-def shared_data():
-    """Path to ../shared/data; skips the test when it is absent."""
-    if not os.path.isdir(SHARED_DATA):
-        pytest.skip("../shared/data is not present")
-    return SHARED_DATA
+def shared_file():
+    """shared_file(relpath) -> the path of ../shared/data/relpath; skips the test when that
+    file is absent (with SINE_JAX_REQUIRE_SHARED_DATA=1, fails it)."""
+
+    def path(relpath: str) -> str:
+        full = os.path.join(SHARED_DATA, relpath)
+        if not os.path.exists(full):
+            message = f"{full} is not present"
+            if REQUIRE_SHARED_DATA:
+                pytest.fail(f"{message} (SINE_JAX_REQUIRE_SHARED_DATA=1)")
+            pytest.skip(message)
+        return full
+
+    return path
 
 
 # The heaviest test files (about 390, 340, 320, 170 and 100 CPU seconds on the 2-core

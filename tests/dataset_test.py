@@ -3,6 +3,8 @@
 import glob
 import json
 import os
+import select
+import socket
 import subprocess
 import sys
 
@@ -255,10 +257,8 @@ def test_inconsistent_cache_is_rebuilt(ratings, tmp_path):
     _assert_same(dataset.load_dataset(_config(ratings), cache), first)
 
 
-def test_real_ml1m_subset(shared_data):
-    path = os.path.join(shared_data, "ml-1m-subset", "ratings_cs100_subset.dat")
-    if not os.path.exists(path):
-        pytest.skip(f"{path} is not present")
+def test_real_ml1m_subset(shared_file):
+    path = shared_file("ml-1m-subset/ratings_cs100_subset.dat")
     data = dataset.load_dataset(_config(path), None)
     assert (data.num_users, data.num_items, len(data.items)) == (2_999, 3_615, 487_650)
     assert np.all(np.diff(data.item_counts[1:]) <= 0)
@@ -365,10 +365,8 @@ def test_taobao_categories(tmp_path):
     assert data.summary["dropped"]["events_not_pv"] == 1
 
 
-def test_real_taobao_head(shared_data):
-    path = os.path.join(shared_data, "taobao-userbehavior-head", "UserBehavior_head.csv")
-    if not os.path.exists(path):
-        pytest.skip(f"{path} is not present")
+def test_real_taobao_head(shared_file):
+    path = shared_file("taobao-userbehavior-head/UserBehavior_head.csv")
     config = _config(path, format="taobao", min_user_interactions=5, min_item_interactions=5)
     # Checked against a plain polars k-core of the pv rows.
     data = dataset.load_dataset(config, None)
@@ -448,28 +446,65 @@ def test_held_out_cache_round_trip(ratings, tmp_path):
 # --- cache: concurrency, damage, unwritable ---------------------------------------------------
 
 _CHILD = """
-import json, sys, time
+import fcntl, json, socket, sys
 from sine_jax.data import dataset
-build = dataset._build
-def slow_build(*args, **kwargs):
-    with open(sys.argv[2], "a") as f:
+config, builds, cache, fd = sys.argv[1:]
+parent = socket.socket(fileno=int(fd))
+flock, build = fcntl.flock, dataset._build
+
+def reporting_flock(f, operation):  # says when it has to wait for the other job's lock
+    if operation == fcntl.LOCK_EX:
+        try:
+            return flock(f, operation | fcntl.LOCK_NB)
+        except BlockingIOError:
+            parent.sendall(b"waiting")
+    return flock(f, operation)
+
+def held_build(*args, **kwargs):  # holds the lock until the parent says go
+    with open(builds, "a") as f:
         f.write("build\\n")
-    time.sleep(1.0)
+    parent.sendall(b"building")
+    assert parent.recv(2) == b"go"
     return build(*args, **kwargs)
-dataset._build = slow_build
-data = dataset.load_dataset(json.loads(sys.argv[1]), sys.argv[3])
+
+fcntl.flock, dataset._build = reporting_flock, held_build
+data = dataset.load_dataset(json.loads(config), cache)
 print(json.dumps([data.item_raw_ids.tolist(), data.items.tolist(), data.summary]))
 """
 
 
 def test_concurrent_jobs_build_once(ratings, tmp_path):
+    """Two jobs start on an empty cache: one takes the lock and builds, held there until the
+    other is waiting for the lock; then the second reads what the first built."""
     cache, builds = str(tmp_path / "cache"), str(tmp_path / "builds.txt")
     config = json.dumps(_config(ratings).to_dict())
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    jobs = [subprocess.Popen([sys.executable, "-c", _CHILD, config, builds, cache], cwd=root,
+    sockets = [socket.socketpair() for _ in range(2)]
+    jobs = [subprocess.Popen([sys.executable, "-c", _CHILD, config, builds, cache,
+                              str(theirs.fileno())], cwd=root, pass_fds=[theirs.fileno()],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]
-    outputs = [job.communicate(timeout=120) for job in jobs]
+            for _, theirs in sockets]
+    events = {}
+    try:
+        for ours, theirs in sockets:
+            theirs.close()
+        while len(events) < 2:  # each job says "building" or "waiting" (b"" if it ended)
+            waiting = [ours for ours, _ in sockets if ours not in events]
+            ready, _, _ = select.select(waiting, [], [], 120)
+            assert ready, "no job reached the cache lock in 120 s"
+            for ours in ready:
+                events[ours] = ours.recv(16)
+        assert sorted(events.values()) == [b"building", b"waiting"], events
+        builder = next(ours for ours, event in events.items() if event == b"building")
+        builder.sendall(b"go")
+        for ours in events:  # a second build would find no one to say go
+            ours.shutdown(socket.SHUT_RDWR)
+        outputs = [job.communicate(timeout=120) for job in jobs]
+    finally:
+        for job in jobs:
+            job.kill()
+        for ours, _ in sockets:
+            ours.close()
     assert [job.returncode for job in jobs] == [0, 0], outputs
     assert outputs[0][0] == outputs[1][0]
     with open(builds) as f:

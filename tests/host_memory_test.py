@@ -42,5 +42,7 @@ def test_tuned_allocator_stops_page_faults_of_reused_buffers(where):
         return int(out.stdout.strip())
 
     default, tuned = faults("default"), faults("tuned")
-    assert default > 2_000  # each buffer is mapped afresh
-    assert tuned < default / 10
+    # Mapped afresh, each of the 10 x 3 buffers faults at least once, whatever the page size
+    # (4 KiB, or 2 MiB transparent huge pages) and however many pages fault together.
+    assert default >= 30
+    assert tuned <= default / 10

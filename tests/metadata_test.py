@@ -1,7 +1,6 @@
 """Tests for sine_jax.data.metadata."""
 
 import json
-import os
 
 import pytest
 
@@ -88,10 +87,8 @@ def test_bad_u_item_flag(tmp_path):
     ("ml-100k/u.data", 1_682, 19, 1, "Toy Story (1995)", ("Animation", "Children's", "Comedy")),
     ("ml-latest-small/ratings.csv", 9_125, 19, 73, "Misérables, Les (1995)", ("Drama", "War")),
 ])
-def test_real_companions(shared_data, relpath, num_items, num_genres, item, title, genres):
-    path = os.path.join(shared_data, relpath)
-    if not os.path.isdir(os.path.dirname(path)):
-        pytest.skip(f"{os.path.dirname(path)} is not present")
+def test_real_companions(shared_file, relpath, num_items, num_genres, item, title, genres):
+    path = shared_file(relpath)
     got = metadata.read_item_metadata(path)
     assert len(got.titles) == len(got.genres) == num_items
     assert len(got.genre_names) == num_genres
@@ -125,9 +122,7 @@ def test_malformed_item2attributes(tmp_path, text, message):
         metadata.read_item_metadata(str(tmp_path / "Toys.txt"))
 
 
-def test_real_item2attributes(shared_data):
-    path = os.path.join(shared_data, "amazon-toys-s3rec", "Toys_and_Games.txt")
-    if not os.path.isfile(path):
-        pytest.skip(f"{path} is not present")
+def test_real_item2attributes(shared_file):
+    path = shared_file("amazon-toys-s3rec/Toys_and_Games.txt")
     got = metadata.read_item_metadata(path)
     assert len(got.genres) == 11_924 and len(got.genre_names) == 19

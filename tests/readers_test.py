@@ -164,10 +164,8 @@ def test_error_messages_are_one_line(tmp_path):
     ("ml-100k/u.data", 100_000, 943, 1_682),
     ("ml-latest-small/ratings.csv", 100_004, 671, 9_066),
 ])
-def test_real_movielens_files(shared_data, relpath, rows, users, items):
-    path = os.path.join(shared_data, relpath)
-    if not os.path.exists(path):
-        pytest.skip(f"{path} is not present")
+def test_real_movielens_files(shared_file, relpath, rows, users, items):
+    path = shared_file(relpath)
     got = readers.read_interactions(path, "movielens")
     assert len(got) == len(got.items) == len(got.timestamps) == rows
     assert len(np.unique(got.users)) == users
@@ -205,10 +203,8 @@ def test_taobao_without_clicks(tmp_path):
         _read(tmp_path, "b.csv", "1,2,3,buy,4\n1,2,3,fav,5\n", fmt="taobao")
 
 
-def test_real_taobao_head(shared_data):
-    path = os.path.join(shared_data, "taobao-userbehavior-head", "UserBehavior_head.csv")
-    if not os.path.exists(path):
-        pytest.skip(f"{path} is not present")
+def test_real_taobao_head(shared_file):
+    path = shared_file("taobao-userbehavior-head/UserBehavior_head.csv")
     got = readers.read_interactions(path, "taobao")
     # SOURCE.md: 84,475 rows, pv 75,872; pv users / items 813 / 52,063.
     assert len(got) == 75_872 and got.dropped == {"events_not_pv": 84_475 - 75_872}

@@ -3,12 +3,11 @@ an input file changed under a run, two trainers on one workdir, hostile flags an
 
 import json
 import os
-import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
-import time
 import types
 
 import numpy as np
@@ -40,30 +39,23 @@ def _last_line(proc):
     return proc.stderr.strip().splitlines()[-1]
 
 
-def _last_logged_step(workdir):
-    try:
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return -1
-    steps = [json.loads(line)["step"] for line in lines if line.endswith("}")]
-    return max(steps, default=-1)
-
-
 def _kill_at_step(workdir, step, *extra, timeout=300):
-    """Starts the CLI and SIGKILLs it once it has logged `step` (or when it ends)."""
+    """Starts the CLI, which stops at `step` (the loop's SINE_JAX_STEP_BARRIER hook: after
+    that step's validation and the start of its checkpoint save), and SIGKILLs it there.
+    Returns the step it reached (None when it ended first) and its exit code."""
+    ours, theirs = socket.socketpair()
     proc = subprocess.Popen(
         [sys.executable, "-m", "sine_jax.main", *TINY, f"--workdir={workdir}", *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, pass_fds=[theirs.fileno()],
+        env=dict(_env(), SINE_JAX_STEP_BARRIER=f"{step}:{theirs.fileno()}"),
     )
-    deadline = time.time() + timeout
-    while proc.poll() is None and time.time() < deadline:
-        if _last_logged_step(workdir) >= step:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.05)
+    theirs.close()
+    with ours:
+        ours.settimeout(timeout)
+        reached = ours.recv(64)  # blocks until the run is at the barrier (b"" if it ended)
+        proc.kill()
     proc.wait()
-    return proc.returncode
+    return (int(reached) if reached else None), proc.returncode
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +72,11 @@ def reference(reference_run):
     return reference_run[1]
 
 
-def test_kill_9_at_random_steps_then_rerun_gives_the_uninterrupted_results(reference, tmp_path):
-    rng = random.Random(0)
-    steps = sorted(rng.sample(range(5, 80), 3))  # kills before, during and after evaluations
-    for step in steps:
-        _kill_at_step(tmp_path, step)
+def test_kill_9_at_three_steps_then_rerun_gives_the_uninterrupted_results(reference, tmp_path):
+    # Before the first checkpoint (step 10), at a validation step (eval.every_steps=40) as its
+    # checkpoint is being written, and between checkpoints after resuming from step 40.
+    for step in (7, 40, 63):
+        assert _kill_at_step(tmp_path, step) == (step, -signal.SIGKILL)
     proc = _run(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = json.loads((tmp_path / "results.json").read_text())
@@ -94,7 +86,7 @@ def test_kill_9_at_random_steps_then_rerun_gives_the_uninterrupted_results(refer
 
 
 def test_a_damaged_latest_checkpoint_is_skipped_with_a_one_line_warning(reference, tmp_path):
-    assert _kill_at_step(tmp_path, 45) == -signal.SIGKILL
+    assert _kill_at_step(tmp_path, 45) == (45, -signal.SIGKILL)
     steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
     for path in (tmp_path / "checkpoints" / str(steps[-1]) / "state").rglob("*"):
         if path.is_file():
@@ -108,7 +100,7 @@ def test_a_damaged_latest_checkpoint_is_skipped_with_a_one_line_warning(referenc
 
 
 def test_a_changed_config_is_refused_naming_the_field(tmp_path):
-    assert _kill_at_step(tmp_path, 5) == -signal.SIGKILL
+    assert _kill_at_step(tmp_path, 5) == (5, -signal.SIGKILL)
     proc = _run(tmp_path, "--config.model.num_interests=2")
     assert proc.returncode == 2
     assert "model.num_interests: 4 -> 2" in proc.stderr.strip().splitlines()[-1]
@@ -229,7 +221,7 @@ def test_an_input_file_edited_after_the_run_started_is_refused_naming_it(tmp_pat
     _write_interactions(data)
     workdir = tmp_path / "run"
     args = ["--config.data.format=interactions", f"--config.data.path={data}"]
-    assert _kill_at_step(workdir, 75, *args) == -signal.SIGKILL  # best step 40 saved
+    assert _kill_at_step(workdir, 75, *args) == (75, -signal.SIGKILL)  # best step 40 saved
     recorded = json.loads((workdir / "inputs.json").read_text())["files"][str(data)]
     _write_interactions(data, mirror=True)
     for mode in ("train", "eval", "export"):
