@@ -18,7 +18,7 @@ import sys
 from absl import flags
 
 from sine_jax import cli
-from sine_jax.errors import SineError
+from sine_jax.errors import SineError, import_optional
 
 
 class CurveError(SineError):
@@ -57,9 +57,7 @@ def parse_run(text: str) -> tuple[str, str]:
 
 def plot(curves: dict[str, list[tuple[int, float]]], metric: str, path: str) -> None:
     """Writes PATH (PNG): one line per curve in percent, its best point marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    import_optional("matplotlib", "analysis").use("Agg")
     from matplotlib import pyplot as plt
 
     figure, ax = plt.subplots(figsize=(6.4, 4.0))

@@ -29,7 +29,7 @@ import numpy as np
 from sine_jax import evaluate, metrics, models, run_config, train
 from sine_jax import workdir as workdir_lib
 from sine_jax.data import pipeline
-from sine_jax.errors import ConfigError, SineError
+from sine_jax.errors import ConfigError, SineError, import_optional
 
 CHANCE_PERMUTATIONS = 10
 
@@ -53,7 +53,8 @@ def category_nmi(assign: np.ndarray, categories: np.ndarray, *,
     assignment), "chance_nmi_std", "items_scored", "items_without_category", "categories" (how
     many distinct categories the scored items have: chance NMI grows with it)}.
     """
-    from sklearn.metrics import normalized_mutual_info_score
+    normalized_mutual_info_score = import_optional(
+        "sklearn.metrics", "analysis").normalized_mutual_info_score
 
     known = np.asarray(categories) >= 0
     truth, assign = np.asarray(categories)[known], np.asarray(assign)[known]
@@ -198,9 +199,7 @@ def concepts_markdown(report: dict) -> str:
 
 def plot_concepts(report: dict, path: str) -> None:
     """Writes PATH (PNG): one column per concept, listing its nearest items and categories."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    import_optional("matplotlib", "analysis").use("Agg")
     from matplotlib import pyplot as plt
 
     concepts = report["concepts"]

@@ -1,6 +1,8 @@
 """Errors a user can fix. Their message is one line, printed as is; the exit code is 2."""
 
+import importlib
 import unicodedata
+from types import ModuleType
 
 
 class SineError(Exception):
@@ -24,3 +26,18 @@ def printable(text: str) -> str:
         if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c
         for c in text
     )
+
+
+def import_optional(module: str, extra: str) -> ModuleType:
+    """`module`, a dependency of an optional extra of the package.
+
+    Raises:
+        SineError: it is not installed; the message names the extra that installs it.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise SineError(
+            f"{module.split('.')[0]} is not installed: it comes with sine_jax's {extra!r} "
+            f"extra, pip install -e '.[{extra}]'"
+        ) from None

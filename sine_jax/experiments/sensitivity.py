@@ -8,6 +8,7 @@ with K > L (SINE needs K <= L); its job names are those of the same grid run by
 
 import numpy as np
 
+from sine_jax.errors import import_optional
 from sine_jax.experiments import sweep, tables
 
 K_FIELD, L_FIELD = "model.num_interests", "model.num_prototypes"
@@ -69,9 +70,7 @@ def markdown_tables(cells: list[dict], ks_interests, prototypes, metrics) -> str
 def plot_heatmap(cells: list[dict], ks_interests, prototypes, metrics, path: str) -> None:
     """Writes PATH (PNG): one annotated K x L heatmap of the test metric (%) per metric; cells
     with K > L or no finished seed are grey and say why."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    import_optional("matplotlib", "analysis").use("Agg")
     from matplotlib import pyplot as plt
 
     figure, axes = plt.subplots(1, len(metrics), squeeze=False,
