@@ -9,6 +9,11 @@ be overridden on the command line, e.g.
 
 Symbols are the paper's: D, n, K, L, lambda, tau. "reference code" is the authors'
 TensorFlow code (Qiaoyut/SINE).
+
+Each field's description is its end-of-line comment or, for a field without one, the comment
+lines directly above it: `python -m sine_jax.main --config=FILE --mode=config` prints every
+field of a config with its value and that description (tests/config_docs_test.py checks that
+every field has one).
 """
 
 from ml_collections import config_dict
@@ -65,10 +70,10 @@ def get_config() -> config_dict.ConfigDict:
     model.positional_in_concept_attention = config_dict.placeholder(bool)  # eq 1 input + pos-emb
     # Beyond the paper: the history's X_t from an input table of its own (separate) or from the
     # scored item table (shared: paper and reference code). See docs/results.md.
-    model.input_table = config_dict.placeholder(str)  # shared | separate
-    # Eqs 3 and 7: the product of two LayerNorm'd vectors as printed (about D x their cosine,
-    # which makes both softmaxes one-hot) | cosine (divided by D).
-    model.logit_scale = config_dict.placeholder(str)  # printed | cosine
+    model.input_table = config_dict.placeholder(str)
+    # Eqs 3 and 7: printed (the product of two LayerNorm'd vectors as printed, about D x their
+    # cosine, which makes both softmaxes one-hot) | cosine (divided by D).
+    model.logit_scale = config_dict.placeholder(str)
     # Beyond the paper: eq 8's user vector through a learned D x D map (from the identity).
     model.output_projection = config_dict.placeholder(bool)
     # Beyond the paper: causal self-attention blocks (SASRec's) over the history before eq 1.

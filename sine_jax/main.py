@@ -1,26 +1,34 @@
 """Command line: `python -m sine_jax.main --config=CONFIG --workdir=DIR [--mode=MODE]`.
 
 Modes: train (the default; rerunning on the same workdir resumes), eval (the best
-checkpoint), export (the best checkpoint to DIR/export, see sine_jax/export.py) and recommend
+checkpoint), export (the best checkpoint to DIR/export, see sine_jax/export.py), recommend
 (from DIR/export: `--history=ID,ID,...` or `--histories=FILE.jsonl`, one JSON line out per
-history; needs no --config). Any config field can be overridden with
-`--config.FIELD=VALUE`. A problem the user can fix ends with one line on stderr and exit
-code 2.
+history) and config (every field of the config with its value and description; nothing is
+loaded or trained). Eval, export and config read the config the workdir's run was trained
+with (DIR/config.json) when no --config is given; recommend needs none. Any config field can
+be overridden with `--config.FIELD=VALUE`. A problem the user can fix ends with one line on
+stderr and exit code 2.
 """
 
 import json
 import os
+import sys
 
 from absl import flags
 from ml_collections import config_flags
 
 from sine_jax import cli, runtime
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None,
+    "Config file, configs/NAME.py[:PRESET]; --config.FIELD=VALUE overrides a field (list "
+    "them with --mode=config). Eval, export and config: default the workdir's recorded one.",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, results).")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "eval", "export", "recommend"],
-    "train (resumes), eval, export or recommend.",
+    "mode", "train", ["train", "eval", "export", "recommend", "config"],
+    "train (resumes), eval, export, recommend, or config (print the resolved config).",
 )
 _HISTORY = flags.DEFINE_string("history", None, "recommend: original item ids, oldest first.")
 _HISTORIES = flags.DEFINE_string(
@@ -39,7 +47,11 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "train: resume a workdir even though the config or the input file's content differs "
     "from what it started with; eval, export: use its checkpoints on other input content.",
 )
-flags.mark_flags_as_required(["workdir"])
+# Modes that read the workdir's recorded config when no --config is given.
+RECORDED_CONFIG_MODES = ("eval", "export", "config")
+RECORDED_CONFIG_FILE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "recorded.py"
+)
 
 
 def main(argv):
@@ -50,14 +62,50 @@ def main(argv):
     mode = _MODE.value
     if mode == "recommend" and (_HISTORY.value is None) == (_HISTORIES.value is None):
         raise cli.UsageError("--mode=recommend needs exactly one of --history, --histories")
-    if mode != "recommend" and _CONFIG.value is None:
+    if mode != "config" and _WORKDIR.value is None:
+        raise cli.UsageError(f"--mode={mode} needs --workdir")
+    if mode not in ("recommend", "config") and _CONFIG.value is None:
         raise cli.UsageError(f"--mode={mode} needs --config")
+    if mode == "config" and _CONFIG.value is None:
+        raise cli.UsageError("--mode=config needs --config, or the --workdir of a run")
     if mode == "recommend":
         recommend()
     elif mode == "export":
         export()
+    elif mode == "config":
+        print_config()
     else:
         train_or_evaluate(mode)
+
+
+def with_recorded_config(argv: list[str]) -> list[str]:
+    """`argv` with `--config=configs/recorded.py:WORKDIR` added when --mode is eval, export or
+    config, a --workdir is given and no --config: the workdir's config.json is then the
+    config, and `--config.FIELD=VALUE` flags override it."""
+    values = {}
+    for i, arg in enumerate(argv[1:], 1):
+        for name in ("config", "mode", "workdir"):
+            if arg == f"--{name}" and i + 1 < len(argv):
+                values[name] = argv[i + 1]
+            elif arg.startswith(f"--{name}="):
+                values[name] = arg.split("=", 1)[1]
+    if "config" in values or "workdir" not in values:
+        return argv
+    if values.get("mode", "train") not in RECORDED_CONFIG_MODES:
+        return argv
+    return [argv[0], f"--config={RECORDED_CONFIG_FILE}:{values['workdir']}", *argv[1:]]
+
+
+def print_config() -> None:
+    """--mode=config: every field of the resolved config, its value and its description."""
+    import inspect
+
+    from configs import default  # the schema, importable once a config file has loaded
+
+    from sine_jax import config_docs
+
+    descriptions = config_docs.field_descriptions(inspect.getsource(default))
+    print(config_docs.listing(_CONFIG.value, descriptions, default.get_config()))
 
 
 def train_or_evaluate(mode: str) -> None:
@@ -104,4 +152,5 @@ def recommend() -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = with_recorded_config(sys.argv)
     cli.run_app(main)

@@ -62,6 +62,8 @@ def load_config_file(spec: str) -> config_dict.ConfigDict:
     try:
         module_spec.loader.exec_module(module)
         return module.get_config(arg) if arg else module.get_config()
+    except SineError:  # already one line that names what to fix (configs/recorded.py)
+        raise
     except Exception as e:  # any failure of the user's config file, in one line
         raise ConfigError(f"--config={spec}: {type(e).__name__}: {e}") from e
 
@@ -127,6 +129,39 @@ def _read_json_object(path: str) -> dict[str, Any] | None:
         raise SineError(f"{path}: holds a JSON {type(value).__name__}, not an object; remove "
                         f"it to start this workdir afresh")
     return value
+
+
+def recorded_config(workdir: str, schema: config_dict.ConfigDict) -> config_dict.ConfigDict:
+    """WORKDIR/config.json as a ConfigDict of `schema`'s types: its lists become tuples where
+    the schema has a tuple, its nulls stay None placeholders of the schema's type (so that a
+    `--config.FIELD=VALUE` override parses as for the config file), and a field that the
+    record lacks (added since) keeps the schema's value. `schema` is changed and returned.
+
+    Raises:
+        SineError: WORKDIR has no config.json, it is unreadable, or a recorded field is not
+            in the schema or has a value of another type.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    recorded = read_recorded(workdir)
+    if recorded is None:
+        raise SineError(f"{path}: no such file (no run was started in {workdir}); give the "
+                        f"--config that trains it")
+    for name, value in flatten(recorded).items():
+        *groups, field = name.split(".")
+        parent = schema
+        for group in groups:
+            parent = parent.get(group) if isinstance(parent, config_dict.ConfigDict) else None
+        if (not isinstance(parent, config_dict.ConfigDict) or field not in parent
+                or isinstance(parent[field], config_dict.ConfigDict)):
+            raise SineError(f"{path}: {name} is not a field of this version's config; give "
+                            f"--config and the --config.FIELD=VALUE flags of the run instead")
+        if isinstance(parent[field], tuple) and isinstance(value, list):
+            value = tuple(value)
+        try:
+            parent[field] = value
+        except (TypeError, ValueError) as e:
+            raise SineError(f"{path}: {name}={value!r}: {e}") from None
+    return schema
 
 
 def check_model_matches(config: config_dict.ConfigDict, workdir: str) -> None:

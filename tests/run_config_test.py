@@ -165,3 +165,67 @@ def test_an_unchanged_size_and_mtime_reuse_the_recorded_hash(tmp_path):
     os.utime(data, ns=(recorded["mtime_ns"] + 10**9,) * 2)
     assert run_config.fingerprint(str(data), {**recorded, "sha256": "x"}) == {
         **recorded, "mtime_ns": recorded["mtime_ns"] + 10**9}
+
+
+def _presets():
+    """Every config file's every preset, as (spec, ConfigDict)."""
+    from configs import amazon, movielens, taobao, ularge
+
+    yield "synthetic", synthetic.get_config()
+    yield "synthetic:tiny", synthetic.get_config("tiny")
+    for module in (movielens, amazon):
+        for preset in module.PRESETS:
+            yield f"{module.__name__}:{preset}", module.get_config(preset)
+    yield "taobao", taobao.get_config()
+    yield "ularge", ularge.get_config()
+
+
+def test_every_preset_round_trips_through_the_recorded_config(tmp_path):
+    from configs import default
+
+    for spec, config in _presets():
+        config.model.assignment = "cosine"  # a placeholder set; model.dropout stays None
+        os.makedirs(tmp_path / spec)
+        run_config.check_or_record(config, str(tmp_path / spec), allow_change=False)
+        restored = run_config.recorded_config(str(tmp_path / spec), default.get_config())
+        assert restored == config, spec  # tuples as tuples, None as None, same types
+        assert isinstance(restored.eval.ks, tuple) and restored.model.dropout is None
+        restored.model.dropout = 0.25  # the placeholder keeps its type: overrides parse
+        with pytest.raises(TypeError):
+            restored.model.encoder_blocks = "two"
+
+
+def test_a_field_added_since_the_run_keeps_the_schemas_value(tmp_path):
+    from configs import default
+
+    config = synthetic.get_config()
+    run_config.check_or_record(config, str(tmp_path), allow_change=False)
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    del recorded["train"]["weight_decay"]
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    schema = default.get_config()
+    schema.train.weight_decay = 0.5
+    assert run_config.recorded_config(str(tmp_path), schema).train.weight_decay == 0.5
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["model"].update(bogus=1), r"model.bogus is not a field of this version's"),
+    (lambda c: c["model"].update(embed_dim="wide"), r"model.embed_dim='wide': "),
+    (lambda c: c.update(model=3), r"model is not a field"),
+])
+def test_a_recorded_config_that_does_not_fit_the_schema_is_named(tmp_path, edit, message):
+    from configs import default
+
+    run_config.check_or_record(synthetic.get_config(), str(tmp_path), allow_change=False)
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    edit(recorded)
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    with pytest.raises(SineError, match=f"config.json: {message}"):
+        run_config.recorded_config(str(tmp_path), default.get_config())
+
+
+def test_a_workdir_without_a_recorded_config_is_named(tmp_path):
+    from configs import default
+
+    with pytest.raises(SineError, match=r"config.json: no such file \(no run was started"):
+        run_config.recorded_config(str(tmp_path), default.get_config())

@@ -227,6 +227,14 @@ def test_cli_eval_mode_reproduces_training_results(tmp_path):
     assert json.loads(trained.stdout.splitlines()[-1]) == json.loads(
         evaluated.stdout.splitlines()[-1]
     )
+    # Without --config: the workdir's recorded config; --config.FIELD=VALUE overrides it.
+    recorded = _cli(f"--workdir={tmp_path}", "--mode=eval")
+    assert recorded.returncode == 0, recorded.stderr[-2000:]
+    assert recorded.stdout.splitlines()[-1] == evaluated.stdout.splitlines()[-1]
+    ranked = _cli(f"--workdir={tmp_path}", "--mode=eval", "--config.eval.mask_history=False")
+    assert ranked.returncode == 0, ranked.stderr[-2000:]
+    assert (json.loads(ranked.stdout.splitlines()[-1])["test"]["HR@10"]
+            < json.loads(evaluated.stdout.splitlines()[-1])["test"]["HR@10"])
 
 
 def test_held_out_users_protocol_end_to_end(tmp_path):
