@@ -17,7 +17,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from sine_jax import cli, runtime
+from sine_jax import cli, progress, runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None,
@@ -109,7 +109,8 @@ def print_config() -> None:
 
 
 def train_or_evaluate(mode: str) -> None:
-    """--mode=train or eval: prints the test and validation metrics and the best step."""
+    """--mode=train or eval: the validation and test metrics as a table on stderr (after
+    training, with results.json's path), and as one JSON line on stdout with the best step."""
     runtime.start_jax(_CONFIG.value)
     from sine_jax import train
 
@@ -121,6 +122,13 @@ def train_or_evaluate(mode: str) -> None:
         results = train.evaluate_checkpoint(
             _CONFIG.value, _WORKDIR.value, allow_input_change=_ALLOW_CONFIG_CHANGE.value
         )
+    # For the user, on stderr after the log: the metrics table and where the results are.
+    print(progress.metrics_table(results), file=sys.stderr)
+    if mode == "train":
+        print(f"results: {os.path.join(_WORKDIR.value, 'results.json')} (best step "
+              f"{results['best_step']}, {progress.duration(results['wall_seconds'])}); curves: "
+              f"tensorboard --logdir {_WORKDIR.value}", file=sys.stderr)
+    # For scripts, on stdout: one JSON line.
     print(json.dumps({"test": results["test"], "valid": results["valid"],
                       "best_step": results["best_step"]}, sort_keys=True))
 

@@ -20,7 +20,7 @@ from absl import logging
 from flax import nnx
 from ml_collections import config_dict
 
-from sine_jax import checkpointing, config_checks, evaluate, run_config, sharding
+from sine_jax import checkpointing, config_checks, evaluate, progress, run_config, sharding
 from sine_jax import step as step_lib
 from sine_jax import workdir as workdir_lib
 from sine_jax.data import dataset as dataset_lib
@@ -155,26 +155,30 @@ def train_loop(
     # Checkpoints at evaluation steps (and at the last step) are saved after validating.
     evaluated = step > 0 and (step % run.eval_every == 0 or step == run.total_steps)
     last_eval = step if evaluated else -1
-    tick, tick_step = time.time(), step
+    timing = progress.Progress(run.total_steps, config.train.batch_size, run.eval_every, step)
     pending = None  # metrics of the last log step, read one step late (no host sync)
     batch = next_batch()
+    compiling = batch is not None
+    if compiling:
+        logging.info("compiling the train step (the first step waits for it) ...")
     while batch is not None:
         state, metrics = step_fn(state, batch)  # dispatched, runs asynchronously
         step += 1
+        if compiling:
+            _log_compiled(timing, step, metrics)
+            compiling = False
         if pending is not None:
             check_finite(state)
-            _log_train_metrics(run, *pending, writer)
+            _log_train_metrics(run, *pending, timing, writer)
             pending = None
         if step % config.train.log_every_steps == 0:
-            now = time.time()
-            rate = (step - tick_step) * config.train.batch_size / max(now - tick, 1e-9)
-            pending = (step, metrics, rate)
-            tick, tick_step = now, step
+            timing.measure(step)
+            pending = (step, metrics)
         if step % run.eval_every == 0 or step == run.total_steps:
             check_finite(state)
-            validate_and_save()
+            with timing.excluded():  # examples/s excludes evaluation
+                validate_and_save()
             last_eval = step
-            tick, tick_step = time.time(), step  # examples/s excludes evaluation
         elif step % config.checkpoint.every_steps == 0:
             check_finite(state)
             ckpt.save(step, state, train_iter, stopping.record)
@@ -185,7 +189,7 @@ def train_loop(
         batch = next_batch()
     if pending is not None:
         check_finite(state)
-        _log_train_metrics(run, *pending, writer)
+        _log_train_metrics(run, *pending, timing, writer)
     if last_eval != step:  # e.g. resumed at the last step of an interrupted final save
         validate_and_save()
     return stopping.record.best_step, step
@@ -254,14 +258,26 @@ def _format(values: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in sorted(values.items()))
 
 
-def _log_train_metrics(run: Run, step: int, metrics, rate: float, writer: MetricWriter) -> None:
+def _log_compiled(timing: progress.Progress, step: int, metrics) -> None:
+    """Waits for the first step (compiled on its first call) and logs how long it took."""
+    jax.block_until_ready(metrics)
+    logging.info("compiled; the first step took %s", progress.duration(
+        timing.first_step_done(step)))
+
+
+def _log_train_metrics(
+    run: Run, step: int, metrics, timing: progress.Progress, writer: MetricWriter
+) -> None:
+    """The train metrics of `step` to TensorBoard and metrics.jsonl, with the smoothed
+    examples/s, and a progress line: loss, epoch, examples/s, elapsed and most time left."""
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    values["examples_per_sec"] = rate
+    if timing.rate is not None:
+        values["examples_per_sec"] = timing.rate
     writer.write(step, {f"train/{k}": v for k, v in values.items()})
     logging.info(
-        "step %d/%d (epoch %.2f): loss %.4f (like %.4f, cov %.4g), %.0f examples/s",
-        step, run.total_steps, step / run.steps_per_epoch, values["loss"],
-        values["likelihood"], values["cov"], rate,
+        "step %d/%d (epoch %.2f of %d): loss %.4f (like %.4f, cov %.4g); %s",
+        step, run.total_steps, step / run.steps_per_epoch, run.config.train.num_epochs,
+        values["loss"], values["likelihood"], values["cov"], timing.line(step),
     )
 
 

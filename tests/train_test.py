@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -222,6 +223,15 @@ def test_cli_eval_mode_reproduces_training_results(tmp_path):
     ]
     trained = _cli(*config_args)
     assert trained.returncode == 0, trained.stderr[-2000:]
+    # What the user reads: compiling, progress with time left, the table and results.json.
+    log = trained.stderr
+    assert log.index("compiling the train step") < log.index("compiled; the first step took")
+    assert re.search(r"step 50/\d+ \(epoch [\d.]+ of 1\): loss [\d.]+ .*; [\d,]+ examples/s, "
+                     r"\d+s elapsed, at most \d+s (left|of training left \+ 1 validation)$",
+                     log, re.M), log[-3000:]
+    table, results_line = log.strip().splitlines()[-8], log.strip().splitlines()[-1]
+    assert table.split() == ["metric", "valid", "test"]
+    assert results_line.startswith(f"results: {tmp_path}/results.json (best step ")
     evaluated = _cli(*config_args, "--mode=eval")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert json.loads(trained.stdout.splitlines()[-1]) == json.loads(
