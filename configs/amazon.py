@@ -7,8 +7,9 @@ unfiltered ratings_Books.csv, and the paper contrasts it with the 5-core version
 filter is applied beyond leave-one-out's floor of 3 interactions per user. Two epochs, with a
 validation every 20,000 steps (an epoch is about 100,000 steps).
 
+  python -m sine_jax.data.fetch amazon
   python -m sine_jax.main --config=configs/amazon.py --workdir=runs/amazon \
-      --config.data.path=/data/ratings_Books.csv
+      --config.data.path=data/amazon/ratings_Books.csv
 
 `toys`: Amazon Toys_and_Games as the S3-Rec benchmark file (`Toys_and_Games.txt`, one
 `user item item ...` line per user, 5-core: 19,412 users, 11,924 items, 167,597
@@ -17,8 +18,9 @@ interactions), with its `Toys_and_Games_item2attributes.json` beside it for item
 without improvement. HR/NDCG at 10, 20, 50 and 100 (published numbers on this file use 10
 and 20).
 
-  python -m sine_jax.main --config=configs/amazon.py:toys --workdir=runs/toys \
-      --config.data.path=/data/Toys_and_Games.txt
+  python -m sine_jax.data.fetch amazon-toys
+  python -m sine_jax.main --config=configs/amazon.py:toys --workdir=runs/amazon-toys \
+      --config.data.path=data/amazon-toys/Toys_and_Games.txt
 """
 
 from configs import default

@@ -8,6 +8,15 @@ single-vector baselines when history items are ranked (the public ports' protoco
 separate input table and a cosine learning-rate decay: 24.07 test HR@10 on the ML-1M subset
 (3 seeds), above GRU4Rec's 23.62.
 
+The data: `python -m sine_jax.data.fetch ml-1m` installs data/ml-1m/ratings.dat (with
+movies.dat, which gives titles and genres); `ml-100k` installs data/ml-100k/u.data and
+`ml-latest-small` data/ml-latest-small/ratings.csv, read by the same config.
+
+  python -m sine_jax.data.fetch ml-1m
+  python -m sine_jax.main --config=configs/movielens.py --workdir=runs/ml-1m \
+      --config.data.path=data/ml-1m/ratings.dat
+  python -m sine_jax.data.fetch ml-100k
+  python -m sine_jax.data.fetch ml-latest-small
   python -m sine_jax.main --config=configs/movielens.py --workdir=runs/ml1m \
       --config.data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat
   python -m sine_jax.main --config=configs/movielens.py:tuned --workdir=runs/ml1m_tuned \

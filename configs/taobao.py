@@ -1,7 +1,11 @@
 """Taobao UserBehavior (click `pv` events), paper Table 3: K=8, L=1000.
 
+  python -m sine_jax.data.fetch taobao --archive=UserBehavior.csv.zip
   python -m sine_jax.main --config=configs/taobao.py --workdir=runs/taobao \
-      --config.data.path=/data/UserBehavior.csv
+      --config.data.path=data/taobao/UserBehavior.csv
+
+The file needs a sign-in at https://tianchi.aliyun.com/dataset/649: download
+UserBehavior.csv.zip there, then install it with the first command.
 
 Filters as in the authors' preprocessing (ComiRec's `preprocess/data.py`, which SINE's code
 builds on): one pass, items with fewer than 5 clicks dropped, then users with fewer than 5 of

@@ -130,14 +130,19 @@ def flag_error_message(error: Exception, argv: Sequence[str]) -> str:
 
 
 def parse_flags(
-    define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None, doc: str
+    define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None, doc: str,
+    positional: str | None = None,
 ) -> types.SimpleNamespace:
     """The flags that `define(flag_values)` defines, parsed from `argv` (default
     sys.argv[1:]) into a fresh `flags.FlagValues`, so that a tool's `main(argv)` can run many
     times in one process. `--help` prints `doc` and the flags and exits 0.
 
+    Args:
+        positional: the name under which one argument that is not a flag is returned (None
+            when there is none); without it, no such argument is allowed.
+
     Returns:
-        The values by flag name.
+        The values by flag name (and `positional`).
 
     Raises:
         UsageError: a bad flag or an unexpected argument (a `@tool` prints it, returns 2).
@@ -152,6 +157,9 @@ def parse_flags(
         rest = flag_values([sys.argv[0], *argv])
     except flags.Error as e:
         raise UsageError(str(e).splitlines()[0]) from None
+    values = flag_values.flag_values_dict()
+    if positional is not None:
+        values[positional] = rest.pop(1) if len(rest) > 1 else None
     if len(rest) > 1:
         raise UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
-    return types.SimpleNamespace(**flag_values.flag_values_dict())
+    return types.SimpleNamespace(**values)
