@@ -1,7 +1,7 @@
 """ULarge-style industrial logs in the generic CSV/Parquet format, paper Table 3: K=8, L=5000.
 
   python -m sine_jax.main --config=configs/ularge.py --workdir=runs/ularge \
-      --config.data.path=/data/clicks.parquet \
+      --config.data.path=data/ularge/clicks.parquet \
       --config.data.user_column=user_id --config.data.item_column=item_id \
       --config.data.time_column=timestamp --config.data.category_column=category_id
 

@@ -59,6 +59,20 @@ def main(argv):
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     runtime.quiet_libraries()
+    check_usage()
+    mode = _MODE.value
+    if mode == "recommend":
+        recommend()
+    elif mode == "export":
+        export()
+    elif mode == "config":
+        print_config()
+    else:
+        train_or_evaluate(mode)
+
+
+def check_usage() -> None:
+    """Raises UsageError when the parsed flags do not fit --mode (before anything runs)."""
     mode = _MODE.value
     if mode == "recommend" and (_HISTORY.value is None) == (_HISTORIES.value is None):
         raise cli.UsageError("--mode=recommend needs exactly one of --history, --histories")
@@ -68,14 +82,6 @@ def main(argv):
         raise cli.UsageError(f"--mode={mode} needs --config")
     if mode == "config" and _CONFIG.value is None:
         raise cli.UsageError("--mode=config needs --config, or the --workdir of a run")
-    if mode == "recommend":
-        recommend()
-    elif mode == "export":
-        export()
-    elif mode == "config":
-        print_config()
-    else:
-        train_or_evaluate(mode)
 
 
 def with_recorded_config(argv: list[str]) -> list[str]:
