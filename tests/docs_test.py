@@ -99,13 +99,22 @@ def fenced_blocks(path: str) -> list[tuple[int, str, str]]:
 
 
 def doc_commands() -> list[Command]:
-    """Every command of the docs' bash blocks and of the configs' docstrings."""
+    """Every command of the docs' bash blocks, their indented `$ command` examples and the
+    configs' docstrings."""
     commands = []
     for path in DOCS:
         env: dict[str, str] = {}  # a file's variables carry over from block to block
         for line, language, text in fenced_blocks(path):
             if language == "bash":
                 commands += shell_commands(text, path, line, env)
+        lines = open(os.path.join(REPO, path)).read().split("\n")
+        for number, line in enumerate(lines):  # indented `    $ command` examples
+            if line.startswith("    $ "):
+                end = number
+                while lines[end].endswith("\\"):
+                    end += 1
+                text = "\n".join(l.strip() for l in lines[number:end + 1])
+                commands += shell_commands(text.removeprefix("$ "), path, number + 1, env)
     for path in CONFIGS:
         body = ast.parse(open(os.path.join(REPO, path)).read()).body
         if not (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value,
