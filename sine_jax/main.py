@@ -17,7 +17,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from sine_jax import cli, progress, runtime
+from sine_jax import cli, progress, run_config, runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None,
@@ -49,9 +49,6 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
 )
 # Modes that read the workdir's recorded config when no --config is given.
 RECORDED_CONFIG_MODES = ("eval", "export", "config")
-RECORDED_CONFIG_FILE = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "recorded.py"
-)
 
 
 def main(argv):
@@ -82,24 +79,6 @@ def check_usage() -> None:
         raise cli.UsageError(f"--mode={mode} needs --config")
     if mode == "config" and _CONFIG.value is None:
         raise cli.UsageError("--mode=config needs --config, or the --workdir of a run")
-
-
-def with_recorded_config(argv: list[str]) -> list[str]:
-    """`argv` with `--config=configs/recorded.py:WORKDIR` added when --mode is eval, export or
-    config, a --workdir is given and no --config: the workdir's config.json is then the
-    config, and `--config.FIELD=VALUE` flags override it."""
-    values = {}
-    for i, arg in enumerate(argv[1:], 1):
-        for name in ("config", "mode", "workdir"):
-            if arg == f"--{name}" and i + 1 < len(argv):
-                values[name] = argv[i + 1]
-            elif arg.startswith(f"--{name}="):
-                values[name] = arg.split("=", 1)[1]
-    if "config" in values or "workdir" not in values:
-        return argv
-    if values.get("mode", "train") not in RECORDED_CONFIG_MODES:
-        return argv
-    return [argv[0], f"--config={RECORDED_CONFIG_FILE}:{values['workdir']}", *argv[1:]]
 
 
 def print_config() -> None:
@@ -166,5 +145,5 @@ def recommend() -> None:
 
 
 if __name__ == "__main__":
-    sys.argv = with_recorded_config(sys.argv)
+    sys.argv = run_config.with_recorded_config(sys.argv, RECORDED_CONFIG_MODES)
     cli.run_app(main)

@@ -164,6 +164,28 @@ def recorded_config(workdir: str, schema: config_dict.ConfigDict) -> config_dict
     return schema
 
 
+# The config file of a workdir's recorded config: --config=RECORDED_CONFIG_FILE:WORKDIR.
+RECORDED_CONFIG_FILE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "recorded.py"
+)
+
+
+def with_recorded_config(argv: list[str], modes: tuple[str, ...]) -> list[str]:
+    """`argv` with `--config=RECORDED_CONFIG_FILE:WORKDIR` added when --mode is one of
+    `modes` (default "train"), a --workdir is given and no --config: the workdir's
+    config.json is then the config, and `--config.FIELD=VALUE` flags override it."""
+    values = {}
+    for i, arg in enumerate(argv[1:], 1):
+        for name in ("config", "mode", "workdir"):
+            if arg == f"--{name}" and i + 1 < len(argv):
+                values[name] = argv[i + 1]
+            elif arg.startswith(f"--{name}="):
+                values[name] = arg.split("=", 1)[1]
+    if "config" in values or "workdir" not in values or values.get("mode", "train") not in modes:
+        return argv
+    return [argv[0], f"--config={RECORDED_CONFIG_FILE}:{values['workdir']}", *argv[1:]]
+
+
 def check_model_matches(config: config_dict.ConfigDict, workdir: str) -> None:
     """Refuses to restore WORKDIR's checkpoints into a model other than the one it trained.
 

@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 from configs import default, movielens
-from sine_jax import config_docs, main
+from sine_jax import config_docs, run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,14 +90,19 @@ def test_mode_config_prints_the_fields_without_data_or_jax(tmp_path):
 
 
 def test_modes_that_read_the_recorded_config_get_it_when_no_config_is_given():
-    recorded = f"--config={main.RECORDED_CONFIG_FILE}:runs/x"
-    assert main.with_recorded_config(["m", "--workdir=runs/x", "--mode=eval"]) == [
+    modes = ("eval", "export", "config")  # sine_jax.main's (tests/train_test.py runs eval)
+
+    def rewrite(argv):
+        return run_config.with_recorded_config(argv, modes)
+
+    recorded = f"--config={run_config.RECORDED_CONFIG_FILE}:runs/x"
+    assert rewrite(["m", "--workdir=runs/x", "--mode=eval"]) == [
         "m", recorded, "--workdir=runs/x", "--mode=eval"]
-    assert main.with_recorded_config(["m", "--mode", "config", "--workdir", "runs/x",
-                                      "--config.eval.ks=(5,)"])[1] == recorded
+    assert rewrite(["m", "--mode", "config", "--workdir", "runs/x",
+                    "--config.eval.ks=(5,)"])[1] == recorded
     for argv in (["m", "--workdir=runs/x"],  # train needs a config file
                  ["m", "--workdir=runs/x", "--mode=recommend"],
                  ["m", "--workdir=runs/x", "--mode=eval", "--config=configs/synthetic.py"],
                  ["m", "--mode=config"]):
-        assert main.with_recorded_config(argv) == argv
-    assert os.path.isfile(main.RECORDED_CONFIG_FILE)
+        assert rewrite(argv) == argv
+    assert os.path.isfile(run_config.RECORDED_CONFIG_FILE)

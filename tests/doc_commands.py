@@ -42,11 +42,13 @@ def _load_script(path: str):
 
 def _check_global_tool(tool: str, argv: list[str], builtin: set[str]) -> dict:
     """A tool whose flags are absl's global FLAGS (sine_jax.main, the run_app launch tools)."""
-    from sine_jax import cli, main as main_module
+    from sine_jax import cli, run_config
+    from sine_jax import main as main_module
     from sine_jax.errors import SineError
 
     argv = [tool, *_schema_for_recorded(argv)]
-    recorded = tool == "sine_jax.main" and main_module.with_recorded_config(argv) != argv
+    recorded = tool == "sine_jax.main" and run_config.with_recorded_config(
+        argv, main_module.RECORDED_CONFIG_MODES) != argv
     if recorded:  # the workdir's config.json: check the overrides against the schema
         argv = [argv[0], f"--config={SCHEMA}", *argv[1:]]
     recorded = recorded or argv[1:] != _schema_for_recorded(argv[1:])
