@@ -2,7 +2,7 @@
 their checksums and the quarantine of damaged ones; early stopping itself.
 
 Layout: `WORKDIR/checkpoints/<step>/` with three items: `state` (the TrainState pytree),
-`data` (the grain iterator state) and `progress` (JSON: best validation metric, best step,
+`data` (the grain iterator state, one file per process) and `progress` (JSON: best validation metric, best step,
 evaluations without improvement), and `sha256.json`. The most recent `keep` checkpoints are
 kept, and the best one (by validation metric) is never deleted.
 
@@ -16,6 +16,11 @@ damaged: it is moved to `WORKDIR/checkpoints.damaged/<step>` with one warning li
 read again, and the step is written anew when training reaches it. A checkpoint whose files
 are intact but that does not restore into the run was written by another model or dataset:
 a one-line error. Checkpoints written before checksums existed are restored unverified.
+
+Multi-process runs: every process saves and restores through Orbax's own protocol (each
+writes its shards; process 0 writes the rest and, in the post-finalization callback, the
+checksums). Process 0 verifies the checksums and moves damaged checkpoints aside; the other
+processes follow its verdict (`multihost.share`).
 """
 
 import contextlib
@@ -32,6 +37,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
+from sine_jax import multihost
 from sine_jax.errors import SineError
 
 CHECKSUMS_FILE = "sha256.json"
@@ -88,6 +94,26 @@ def _sha256(path: str) -> str:
         while block := f.read(_HASH_BLOCK):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _check_process_count(step_dir: str) -> None:
+    """Refuses to resume from a checkpoint written by a run of another number of processes:
+    the data iterator's position is recorded per process (`data/process_I-of-N.json`).
+
+    Raises:
+        SineError: naming the number of processes that wrote it.
+    """
+    data_dir = os.path.join(step_dir, "data")
+    mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if not os.path.isdir(data_dir) or os.path.exists(os.path.join(data_dir, mine)):
+        return
+    written = [name for name in os.listdir(data_dir) if name.startswith("process_")]
+    if written:
+        count = written[0].removesuffix(".json").rsplit("-of-", 1)[-1]
+        raise SineError(
+            f"checkpoint {step_dir} was written by a run of {count} process(es) and this run "
+            f"has {jax.process_count()}: resume it with {count}, or use another --workdir"
+        )
 
 
 def _first_line(error: BaseException) -> str:
@@ -341,14 +367,11 @@ class Checkpointer:
         step_dir = os.path.join(self.directory, str(step))
         if step in self._damaged:
             raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged")
-        try:
-            problem = verify_checksums(step_dir, tuple(args.keys()))
-        except FileNotFoundError:  # written before checksums existed
-            problem, verified = None, False
-        else:
-            verified = True
+        problem, verified = self._verify(step_dir, tuple(args.keys()))
         if problem is not None:
             raise self._quarantine(step, problem)
+        if "data" in args:
+            _check_process_count(step_dir)
         try:
             return self.manager.restore(step, args=args)
         except Exception as e:  # noqa: BLE001 - orbax, tensorstore and grain raise many types
@@ -360,22 +383,39 @@ class Checkpointer:
                 f"{self.directory} aside to start afresh"
             ) from e
 
+    @staticmethod
+    def _verify(step_dir: str, items: tuple[str, ...]) -> tuple[str | None, bool]:
+        """(`verify_checksums`' problem or None, whether the checkpoint has checksums), as
+        process 0 finds them: in a multi-process run the others read its verdict
+        (`multihost.share`) instead of reading every file again."""
+        verdict = None
+        if multihost.is_primary():
+            try:
+                verdict = json.dumps([verify_checksums(step_dir, items), True])
+            except FileNotFoundError:  # written before checksums existed
+                verdict = json.dumps([None, False])
+        problem, verified = json.loads(multihost.share(f"checksums {step_dir}", verdict))
+        return problem, verified
+
     def _quarantine(self, step: int, reason: str) -> "DamagedCheckpoint":
-        """Moves checkpoint `step` to the quarantine directory (primary process) with one
-        warning line; returns the exception to raise."""
+        """Moves checkpoint `step` to the quarantine directory (process 0; every process of
+        a multi-process run calls this, the others wait for the move) with one warning line;
+        returns the exception to raise."""
         step_dir = os.path.join(self.directory, str(step))
-        target = os.path.join(self.quarantine_dir, str(step))
-        suffix = 0
-        while os.path.exists(target):
-            suffix += 1
-            target = os.path.join(self.quarantine_dir, f"{step}.{suffix}")
-        where = f"moved to {target}"
-        if jax.process_index() == 0:
+        where = None
+        if multihost.is_primary():
+            target = os.path.join(self.quarantine_dir, str(step))
+            suffix = 0
+            while os.path.exists(target):
+                suffix += 1
+                target = os.path.join(self.quarantine_dir, f"{step}.{suffix}")
+            where = f"moved to {target}"
             try:
                 os.makedirs(self.quarantine_dir, exist_ok=True)
                 os.rename(step_dir, target)
             except OSError as e:
                 where = f"could not be moved aside ({e.strerror}) and is skipped"
+        where = multihost.share(f"quarantine {step_dir}", where)
         logging.warning(
             "checkpoint %s is damaged, partial or from an incompatible version (%s); %s",
             step_dir, reason, where,

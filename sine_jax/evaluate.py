@@ -92,20 +92,22 @@ def _batched(
     array or a pytree of arrays, each with a leading user axis) concatenated over users.
 
     The last batch is padded (zeros; a padded `target` is 1) so every call has the same
-    shapes (one compile); padded rows are dropped from the result.
+    shapes (one compile); padded rows are dropped from the result. In a multi-process run
+    each process sends only its rows of each batch (`sharding.local_rows`), and every
+    process reads the whole (replicated) output.
     """
-    batch_sharding = sharding.batch_sharding(mesh)
+    first, last = sharding.local_rows(mesh, batch_size)
     num_users = len(arrays[names[0]])
     outputs = []
     for start in range(0, num_users, batch_size):
         size = min(batch_size, num_users - start)
-        inputs = []
+        local = {}
         for name in names:
-            block = arrays[name][start : start + size]
-            pad = [(0, batch_size - size)] + [(0, 0)] * (block.ndim - 1)
-            block = np.pad(block, pad, constant_values=1 if name == "target" else 0)
-            inputs.append(jax.device_put(block, batch_sharding))
-        outputs.append((fn(params, *inputs), size))  # dispatched; read back below
+            block = arrays[name][start + first : min(start + last, start + size)]
+            pad = [(0, last - first - len(block))] + [(0, 0)] * (block.ndim - 1)
+            local[name] = np.pad(block, pad, constant_values=1 if name == "target" else 0)
+        inputs = sharding.global_batch(local, mesh, batch_size)
+        outputs.append((fn(params, *(inputs[n] for n in names)), size))  # read back below
     parts = [jax.tree.map(lambda a, size=size: np.asarray(a)[:size], out) for out, size in outputs]
     return jax.tree.map(lambda *blocks: np.concatenate(blocks), *parts)
 

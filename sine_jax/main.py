@@ -97,16 +97,17 @@ def train_or_evaluate(mode: str) -> None:
     """--mode=train or eval: the validation and test metrics as a table on stderr (after
     training, with results.json's path), and as one JSON line on stdout with the best step."""
     runtime.start_jax(_CONFIG.value)
-    from sine_jax import train
+    from sine_jax import multihost, train
 
-    if mode == "train":
-        results = train.train_and_evaluate(
-            _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value
-        )
-    else:
-        results = train.evaluate_checkpoint(
-            _CONFIG.value, _WORKDIR.value, allow_input_change=_ALLOW_CONFIG_CHANGE.value
-        )
+    with multihost.stop_together():  # an error in one process of a multi-process run ends all
+        if mode == "train":
+            results = train.train_and_evaluate(
+                _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value
+            )
+        else:
+            results = train.evaluate_checkpoint(
+                _CONFIG.value, _WORKDIR.value, allow_input_change=_ALLOW_CONFIG_CHANGE.value
+            )
     # For the user, on stderr after the log: the metrics table and where the results are.
     print(progress.metrics_table(results), file=sys.stderr)
     if mode == "train":
@@ -119,8 +120,9 @@ def train_or_evaluate(mode: str) -> None:
 
 
 def export() -> None:
-    """--mode=export: writes WORKDIR/export and prints its path."""
-    runtime.start_jax(_CONFIG.value)
+    """--mode=export: writes WORKDIR/export and prints its path (one process, on this
+    host's devices: mesh.distributed is not joined)."""
+    runtime.start_jax(_CONFIG.value, join=False)
     from sine_jax import export as export_lib
 
     export_lib.export_model(

@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 from tensorboardX import SummaryWriter
 
 
@@ -11,20 +12,29 @@ class MetricWriter:
 
     TensorBoard tags cannot hold '@': `valid/HR@10` is written there as `valid/HR_10`.
 
+    In a multi-process run only process 0 writes (the scalars are the run's, the same in
+    every process); the others' writes are dropped.
+
     After a resume, steps between the last checkpoint and the interruption appear twice in
     metrics.jsonl; readers keep the last line of each step.
     """
 
     def __init__(self, workdir: str):
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self._files = None
+        if jax.process_index() == 0:
+            self._files = (SummaryWriter(os.path.join(workdir, "tensorboard")),
+                           open(os.path.join(workdir, "metrics.jsonl"), "a"))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
+        if self._files is None:
+            return
+        tensorboard, jsonl = self._files
         for name, value in scalars.items():
-            self._tb.add_scalar(name.replace("@", "_"), value, step)  # TensorBoard: HR_10
-        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-        self._jsonl.flush()
+            tensorboard.add_scalar(name.replace("@", "_"), value, step)  # TensorBoard: HR_10
+        jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        jsonl.flush()
 
     def close(self) -> None:
-        self._tb.close()
-        self._jsonl.close()
+        if self._files is not None:
+            for f in self._files:
+                f.close()

@@ -1,15 +1,12 @@
 """Process set-up of a command-line run: library logging kept to one-line warnings, host
-memory and JAX started in order, and joining a multi-host job (`mesh.distributed`)."""
+memory and JAX started in order, and joining a multi-process job (`mesh.distributed`)."""
 
 import logging as logging_std
-import os
 import sys
 import warnings
 
 from absl import logging
 from ml_collections import config_dict
-
-from sine_jax.errors import SineError
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -46,46 +43,17 @@ def quiet_libraries() -> None:
     sys.unraisablehook = _one_line_unraisable
 
 
-def start_jax(config: config_dict.ConfigDict) -> None:
+def start_jax(config: config_dict.ConfigDict, *, join: bool = True) -> None:
     """Before JAX allocates anything: freed host memory stays in the heap
-    (`host_memory`); then JAX starts, joins the multi-host job when `mesh.distributed`, and
-    the devices are logged."""
+    (`host_memory`); then JAX starts, joins the multi-process job when `mesh.distributed` and
+    `join` (`multihost.join`), and the devices are logged."""
     from sine_jax import host_memory
 
     host_memory.keep_freed_memory_in_heap()
     import jax  # JAX starts here, after flags are parsed
 
-    if config.mesh.distributed:
-        initialize_distributed()  # before the first device query
+    if config.mesh.distributed and join:
+        from sine_jax import multihost
+
+        multihost.join()  # before the first device query
     logging.info("devices: %s", jax.devices())
-
-
-def initialize_distributed() -> None:
-    """mesh.distributed: joins the multi-host job (see launch/multihost_example.sh).
-
-    JAX reads the coordinator (JAX_COORDINATOR_ADDRESS) itself and detects SLURM, Open MPI
-    and Cloud TPU; the process count and this process's id come from JAX_NUM_PROCESSES and
-    JAX_PROCESS_ID when set (JAX does not read those two).
-
-    Raises:
-        SineError: a bad variable, or the coordinator cannot be reached.
-    """
-    import jax
-
-    kwargs = {}
-    for name, arg in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
-        value = os.environ.get(name, "")
-        if value and not value.isdigit():
-            raise SineError(f"{name}={value!r} must be a non-negative integer")
-        if value:
-            kwargs[arg] = int(value)
-    try:
-        jax.distributed.initialize(**kwargs)
-    except Exception as e:  # ValueError, RuntimeError, a timeout reaching the coordinator, ...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SineError(
-            f"mesh.distributed=True: jax.distributed.initialize() failed ({reason}); on every "
-            "host set JAX_COORDINATOR_ADDRESS=HOST:PORT (process 0's host), JAX_NUM_PROCESSES "
-            "and JAX_PROCESS_ID, or run under SLURM / Open MPI, which are detected"
-        ) from e
-    logging.info("process %d of %d", jax.process_index(), jax.process_count())

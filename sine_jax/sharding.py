@@ -1,7 +1,9 @@
 """Where arrays live: the ('data', 'model') device mesh, the item table's padded rows, and the
 sharding rules of the train state and the batches.
 
-Batches are split over 'data'. The item table (and, with `mesh.shard_prototypes`, the
+Batches are split over 'data'; each process reads only its rows of a global batch
+(`local_rows`) and the global array is put together from every process's rows
+(`global_batch`). The item table (and, with `mesh.shard_prototypes`, the
 prototype pool) and their Adam moments are split row-wise over 'model'; everything else is
 replicated. Shapes: B global batch, R item-table rows, M items.
 """
@@ -10,6 +12,7 @@ import math
 from typing import Any
 
 import jax
+import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_dict
@@ -90,3 +93,36 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     """Every device holds the whole array (metrics, counts, evaluation outputs)."""
     return NamedSharding(mesh, P())
+
+
+def local_rows(mesh: jax.sharding.Mesh, batch_size: int) -> tuple[int, int]:
+    """(start, stop): the rows of a [B, ...] batch split over 'data' that this process's
+    devices hold, which are the rows this process reads of every global batch: all of them in
+    a one-process run, B / P in each of P processes that split 'data' evenly.
+
+    Raises:
+        ConfigError: none of this process's devices is in the mesh.
+    """
+    spans = sorted({
+        index[0].indices(batch_size)[:2]
+        for index in batch_sharding(mesh).addressable_devices_indices_map((batch_size,)).values()
+    })
+    if not spans:
+        raise ConfigError(
+            f"process {jax.process_index()}'s devices are not in the {dict(mesh.shape)} mesh: "
+            f"in a multi-process run the mesh spans every process's devices (mesh.data=-1)"
+        )
+    for (_, stop), (start, _) in zip(spans, spans[1:]):
+        assert start == stop, f"this process's rows of a batch are not contiguous: {spans}"
+    return spans[0][0], spans[-1][1]
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: jax.sharding.Mesh,
+                 batch_size: int) -> dict[str, jax.Array]:
+    """The global [B, ...] arrays, split over 'data', of this process's rows (`local_rows`)
+    of each; no data crosses between processes."""
+    batch = batch_sharding(mesh)
+    return {
+        name: jax.make_array_from_process_local_data(batch, rows, (batch_size, *rows.shape[1:]))
+        for name, rows in local.items()
+    }

@@ -8,6 +8,7 @@ Entry points: `train_and_evaluate` (--mode=train), `evaluate_checkpoint` (--mode
 length, M items.
 """
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -20,7 +21,8 @@ from absl import logging
 from flax import nnx
 from ml_collections import config_dict
 
-from sine_jax import checkpointing, config_checks, evaluate, progress, run_config, sharding
+from sine_jax import checkpointing, config_checks, evaluate, multihost, progress, run_config
+from sine_jax import sharding
 from sine_jax import step as step_lib
 from sine_jax import workdir as workdir_lib
 from sine_jax.data import dataset as dataset_lib
@@ -121,10 +123,16 @@ def train_loop(
       SineError: a non-finite loss or gradient with train.on_nonfinite=stop.
     """
     config = run.config
+    batch_size = config.train.batch_size
+    rows = sharding.local_rows(run.mesh, batch_size)  # this process's rows of every batch
     train_dataset = pipeline.make_train_dataset(
-        run.data, max_seq_len=config.model.max_seq_len, batch_size=config.train.batch_size,
-        seed=config.train.seed,
+        run.data, max_seq_len=config.model.max_seq_len, batch_size=batch_size,
+        seed=config.train.seed, rows=rows,
     )
+    if jax.process_count() > 1:
+        logging.info("process %d of %d reads rows %d..%d (%d examples) of each batch of %d",
+                     jax.process_index(), jax.process_count(), rows[0], rows[1] - 1,
+                     rows[1] - rows[0], batch_size)
     stopping = checkpointing.EarlyStopping(config.train.patience)
     restored = ckpt.restore_latest(context.abstract_state, lambda: iter(train_dataset))
     if restored is None:
@@ -136,13 +144,11 @@ def train_loop(
     check_finite = _NonfiniteCheck(config.train.on_nonfinite, ckpt)
     barrier = _step_barrier()
     step_fn = step_lib.make_step_fn(context, config)
-    batch_sharding = sharding.batch_sharding(run.mesh)
 
     def next_batch():
         if step >= run.total_steps or stopping.should_stop:
             return None
-        batch = next(train_iter)
-        return {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
+        return sharding.global_batch(next(train_iter), run.mesh, batch_size)
 
     def validate_and_save():
         _record_validation(run, step, validation_metrics(run, state.params), stopping, writer)
@@ -155,7 +161,7 @@ def train_loop(
     # Checkpoints at evaluation steps (and at the last step) are saved after validating.
     evaluated = step > 0 and (step % run.eval_every == 0 or step == run.total_steps)
     last_eval = step if evaluated else -1
-    timing = progress.Progress(run.total_steps, config.train.batch_size, run.eval_every, step)
+    timing = progress.Progress(run.total_steps, batch_size, run.eval_every, step)
     pending = None  # metrics of the last log step, read one step late (no host sync)
     batch = next_batch()
     compiling = batch is not None
@@ -197,8 +203,11 @@ def train_loop(
 
 # Fault injection for tests: SINE_JAX_STEP_BARRIER=STEP:FD makes the loop stop at STEP (after
 # its validation and the start of its checkpoint save), write "STEP\n" to the socket FD and
-# wait there for one byte back, so that a test can kill the process at a known step.
+# wait there for one byte back, so that a test can kill the process at a known step; the
+# byte FAIL_BYTE makes the loop fail there instead (a SineError), as a process of a
+# multi-process run might.
 STEP_BARRIER_ENV = "SINE_JAX_STEP_BARRIER"
+FAIL_BYTE = b"!"
 
 
 def _step_barrier() -> Callable[[int], None] | None:
@@ -211,7 +220,9 @@ def _step_barrier() -> Callable[[int], None] | None:
     def barrier(step: int) -> None:
         if step == at:
             os.write(fd, f"{step}\n".encode())
-            os.read(fd, 1)  # until the other side answers, closes, or kills this process
+            # Until the other side answers, closes, or kills this process.
+            if os.read(fd, 1) == FAIL_BYTE:
+                raise SineError(f"step {step}: failure injected by {STEP_BARRIER_ENV}")
 
     return barrier
 
@@ -396,9 +407,9 @@ def _popularity_results(config: config_dict.ConfigDict, workdir: str) -> dict[st
     counts = np.zeros(sharding.padded_table_rows(data.num_items, mesh.shape["model"]), np.float32)
     counts[: data.num_items + 1] = data.item_counts
     eval_fn = _make_eval_fn(config, evaluate.popularity_queries_and_table, mesh, data.num_items)
+    counts = jax.make_array_from_process_local_data(sharding.replicated(mesh), counts)
     return _results(
-        config, data, eval_fn, jax.device_put(counts, sharding.replicated(mesh)),
-        valid_arrays, test_arrays, mesh, 0, start_time,
+        config, data, eval_fn, counts, valid_arrays, test_arrays, mesh, 0, start_time,
     )
 
 
@@ -423,7 +434,7 @@ def restore_best(
         (`model.*` differs from its config.json) or on other input content (unless
         `allow_input_change`), the data cannot be read, or another process holds WORKDIR.
     """
-    with workdir_lib.lock(workdir), workdir_lib.disk_errors(workdir):
+    with _lock(workdir), workdir_lib.disk_errors(workdir):
         run = build_trained_run(config, workdir, allow_input_change)
         best_step, params = restore_best_params(run)
     return TrainedModel(run.model, params, run.data, best_step)
@@ -452,7 +463,7 @@ def evaluate_checkpoint(
     the workdir's lock; raises as `restore_best`."""
     if config.model.name == "pop":
         return _popularity_results(config, workdir)
-    with workdir_lib.lock(workdir), workdir_lib.disk_errors(workdir):
+    with _lock(workdir), workdir_lib.disk_errors(workdir):
         run = build_trained_run(config, workdir, allow_input_change)
         start_time = time.time()
         best_step, params = restore_best_params(run)
@@ -466,7 +477,10 @@ def train_and_evaluate(
     WORKDIR/results.json and returns its contents. `model.name=pop` trains nothing: its
     results are the popularity ranking's.
 
-    Holds the workdir's lock (`workdir.lock`) from before anything is written.
+    Holds the workdir's lock (`workdir.lock`) from before anything is written. In a
+    multi-process run, process 0 holds it, checks and records config.json and inputs.json
+    and writes results.json, metrics and TensorBoard; every process trains and writes its
+    part of the checkpoints.
 
     Raises:
       SineError: a bad config or input, a rerun with a different config or on other input
@@ -474,15 +488,25 @@ def train_and_evaluate(
         or another process holding it.
     """
     config_checks.check_config(config)  # a bad value writes nothing, not even the workdir
-    with workdir_lib.lock(workdir), workdir_lib.disk_errors(workdir):
+    with _lock(workdir), workdir_lib.disk_errors(workdir):
         if config.model.name == "pop":
             results = _popularity_results(config, workdir)
         else:
             run = build_run(config, workdir)
-            run_config.check_or_record(config, workdir, allow_change=allow_config_change)
-            run_config.check_or_record_inputs(
-                workdir, dataset_lib.input_files(config.data), allow_change=allow_config_change
-            )
+            if multihost.is_primary():
+                run_config.check_or_record(config, workdir, allow_change=allow_config_change)
+                run_config.check_or_record_inputs(
+                    workdir, dataset_lib.input_files(config.data),
+                    allow_change=allow_config_change,
+                )
+            multihost.barrier("workdir checked")  # no process trains on a refused workdir
             results = _train_and_test(run)
-        workdir_lib.write_json_atomic(os.path.join(workdir, "results.json"), results)
+        if multihost.is_primary():
+            workdir_lib.write_json_atomic(os.path.join(workdir, "results.json"), results)
     return results
+
+
+def _lock(workdir: str):
+    """The workdir's lock (`workdir.lock`) for process 0; the other processes of a
+    multi-process run share the workdir with it and take none."""
+    return workdir_lib.lock(workdir) if multihost.is_primary() else contextlib.nullcontext()

@@ -108,6 +108,35 @@ def test_get_state_set_state_resumes_exactly(data, consumed):
             np.testing.assert_array_equal(got["target"], want["target"])
 
 
+@pytest.mark.parametrize("hosts", [2, 4])
+def test_each_host_reads_only_its_rows_and_together_they_read_the_global_batch(data, hosts):
+    """A multi-process run: host h of P materialises B / P examples per step, rows
+    h*B/P .. (h+1)*B/P - 1 of the global batch; the hosts' rows, stacked, are the batch a
+    single process reads, step after step (across epochs), and each host resumes exactly."""
+    batch, steps = 8, 14  # 6 batches per epoch: over two epoch boundaries
+    whole = list(itertools.islice(
+        iter(pipeline.make_train_dataset(data, max_seq_len=N, batch_size=batch, seed=3)), steps))
+    share = batch // hosts
+    iterators = [iter(pipeline.make_train_dataset(
+        data, max_seq_len=N, batch_size=batch, seed=3, rows=(h * share, (h + 1) * share)))
+        for h in range(hosts)]
+    for step in range(steps):
+        parts = [next(it) for it in iterators]
+        assert all(p["history"].shape == (share, N) and p["target"].shape == (share,)
+                   for p in parts)
+        for name in ("history", "target"):
+            np.testing.assert_array_equal(np.concatenate([p[name] for p in parts]),
+                                          whole[step][name])
+        if step == 4:  # a host's state, restored into a fresh iterator, continues its rows
+            state = iterators[-1].get_state()
+            resumed = iter(pipeline.make_train_dataset(
+                data, max_seq_len=N, batch_size=batch, seed=3, rows=(batch - share, batch)))
+            resumed.set_state(state)
+            np.testing.assert_array_equal(next(resumed)["target"], whole[5]["target"][-share:])
+    with pytest.raises(ValueError, match="rows"):
+        pipeline.make_train_dataset(data, max_seq_len=N, batch_size=batch, seed=3, rows=(4, 9))
+
+
 @pytest.mark.parametrize("split", pipeline.SPLITS)
 def test_eval_arrays(data, split):
     arrays = pipeline.eval_arrays(data, split, max_seq_len=N)

@@ -12,7 +12,8 @@ straddle two epochs, exactly like `range(E).shuffle().repeat().batch(B)`; no exa
 dropped). The per-epoch order is a keyed pseudo-random permutation of 0..E-1 (`permute`: a
 Feistel network with cycle walking, keyed by (seed, epoch)), evaluated for a batch with numpy:
 O(1) memory, no per-example Python. Batch s is a pure function of s, so the grain iterator's
-state is just the next step and `get_state()` / `set_state()` resume exactly.
+state is just the next step and `get_state()` / `set_state()` resume exactly. In a
+multi-process run each process reads and batches only its rows of every batch (`rows`).
 
 Shapes: B batch, n history length (max_seq_len), U users evaluated, H longest evaluation input,
 T most (distinct) targets of a held-out user.
@@ -41,8 +42,8 @@ def num_train_examples(data: SequenceData) -> int:
 
 
 def make_train_dataset(data: SequenceData, *, max_seq_len: int, batch_size: int,
-                       seed: int) -> grain.IterDataset:
-    """The infinite, shuffled stream of training batches.
+                       seed: int, rows: tuple[int, int] | None = None) -> grain.IterDataset:
+    """The infinite, shuffled stream of training batches, or of `rows` of each.
 
     One epoch = `num_train_examples(data) // batch_size` batches (the stream carries the
     remainder over into the next batch, it never drops an example).
@@ -50,27 +51,30 @@ def make_train_dataset(data: SequenceData, *, max_seq_len: int, batch_size: int,
     Args:
         data: the dataset.
         max_seq_len: n, the history length.
-        batch_size: B.
+        batch_size: B, the global batch.
         seed: the shuffle seed (>= 0); the same seed gives the same stream.
+        rows: (start, stop): only these rows of each global batch are read and batched (a
+            process's share in a multi-process run, `sharding.local_rows`); None = all B.
 
     Returns:
-        A grain IterDataset of dict(history=int32 [B, n], target=int32 [B]); its iterator
-        supports get_state() / set_state().
+        A grain IterDataset of dict(history=int32 [b, n], target=int32 [b]), b = stop - start
+        (B for all rows); its iterator supports get_state() / set_state().
 
     Raises:
-        ValueError: max_seq_len or batch_size < 1, or seed < 0.
+        ValueError: max_seq_len or batch_size < 1, seed < 0, or rows not within 0..B.
         DataError: no training example at all.
     """
-    if max_seq_len < 1 or batch_size < 1 or seed < 0:
-        raise ValueError(f"need max_seq_len >= 1, batch_size >= 1, seed >= 0; got "
-                         f"{max_seq_len}, {batch_size}, {seed}")
+    start, stop = (0, batch_size) if rows is None else rows
+    if max_seq_len < 1 or batch_size < 1 or seed < 0 or not 0 <= start < stop <= batch_size:
+        raise ValueError(f"need max_seq_len >= 1, batch_size >= 1, seed >= 0, rows within "
+                         f"0..B; got {max_seq_len}, {batch_size}, {seed}, rows {rows}")
     example_offsets = _example_offsets(data)
     if example_offsets[-1] == 0:
         raise DataError(f"{data.summary.get('source', 'dataset')}: no training examples: every "
                         f"user's training sequence has a single item (4+ interactions needed)")
     batches = _TrainBatches(items=data.items, user_starts=data.train_bounds()[0],
                             example_offsets=example_offsets, max_seq_len=max_seq_len,
-                            batch_size=batch_size, seed=seed)
+                            batch_size=batch_size, seed=seed, row_start=start, row_stop=stop)
     steps = grain.MapDataset.range(sys.maxsize // batch_size)  # "infinite"; no int64 overflow
     return steps.map(batches).to_iter_dataset(_READ_OPTIONS)
 
@@ -175,18 +179,22 @@ def _histories(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, n: int) 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class _TrainBatches:
-    """step -> the training batch of that step (a pure function, see the module docstring)."""
+    """step -> rows row_start..row_stop-1 of the training batch of that step (a pure
+    function, see the module docstring)."""
 
     items: np.ndarray  # [N] int32
     user_starts: np.ndarray  # [U] int64
     example_offsets: np.ndarray  # [U+1] int64
     max_seq_len: int
-    batch_size: int
+    batch_size: int  # B, the global batch
     seed: int
+    row_start: int  # the rows of each global batch read here
+    row_stop: int
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         num_examples = int(self.example_offsets[-1])
-        position = step * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
+        position = step * self.batch_size + np.arange(self.row_start, self.row_stop,
+                                                      dtype=np.int64)
         epoch, index = np.divmod(position, num_examples)
         example = np.empty_like(index)
         for e in np.unique(epoch):  # usually one epoch, two at an epoch boundary
