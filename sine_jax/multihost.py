@@ -3,14 +3,16 @@ writer of the workdir's files, values and barriers shared through JAX's coordina
 and stopping every process together.
 
 Stopping together: `stop_together()` wraps each process's work. An error in one process is
-written to the coordination service's key-value store (STOP_KEY) before that process exits;
-every process watches that key from a thread and exits within about a second with the same
-one-line error (exit code 2; 1 for an unexpected exception, whose traceback the failing
-process prints). Process 0 hosts the service, so it leaves last: it waits up to
-ACK_TIMEOUT_S for the others to confirm they have read the key. A process that dies without
-a word (killed, out of memory) is noticed by the others within HEARTBEAT_TIMEOUT_S, after
-which JAX ends them. SIGTERM ends a process at once: JAX's preemption service, which would
-catch it and keep the process running, is turned off.
+written to the coordination service's key-value store (STOP_KEY) before that process exits,
+and every process's watcher thread (blocked on its own wake-up key) is woken: the others
+exit at once with the same one-line error (exit code 2; 1 for an unexpected exception, whose
+traceback the failing process prints). Process 0 hosts the service, so it leaves last: it
+waits up to ACK_TIMEOUT_S for the others to confirm they have read the error. When the work
+ends normally the processes meet at a barrier (an error of a late process still reaches the
+others) and each wakes its own watcher, which ends before the interpreter does. A process
+that dies without a word (killed, out of memory) is noticed by the others within
+HEARTBEAT_TIMEOUT_S, after which JAX ends them. SIGTERM ends a process at once: JAX's
+preemption service, which would catch it and keep the process running, is turned off.
 
 Outside a joined job (one process) every function here is a no-op or the one-process answer.
 """
@@ -33,12 +35,12 @@ SHUTDOWN_TIMEOUT_S = 120  # at a normal exit, how long a process waits for the o
 ACK_TIMEOUT_S = 10  # how long a stopping process 0 waits for the others to read the stop
 BARRIER_TIMEOUT_S = 3600  # e.g. process 0 hashing a large input file while the others wait
 STOP_KEY = "sine_jax/stop"  # "<process index>\t<exit code>\t<message>"
-_ACK_PREFIX = "sine_jax/stopped/"
-_POLL_MS = 10_000  # the watcher's long poll (it returns as soon as the key is written)
+_WAKE_PREFIX = "sine_jax/wake/"  # + process index: wakes that process's watcher
+_ACK_PREFIX = "sine_jax/stopped/"  # + process index: that process has read the stop
 
 _client = None  # the coordination-service client of a joined job
+_watcher = None  # the watcher thread
 _stopping = threading.Lock()  # held by the thread that ends the process
-_exiting = threading.Event()  # set at a normal interpreter exit: lost RPCs are expected then
 _counters: dict[str, int] = {}  # name -> how many times `share` / `barrier` used it
 
 
@@ -59,7 +61,7 @@ def join() -> None:
     Raises:
         SineError: a bad variable, or the coordinator cannot be reached.
     """
-    global _client
+    global _client, _watcher
     kwargs = {}
     for name, arg in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
         value = os.environ.get(name, "")
@@ -83,10 +85,11 @@ def join() -> None:
     from jax._src import distributed  # the client: JAX has no public handle on it
 
     _client = distributed.global_state.client
+    _watcher = threading.Thread(target=_watch, name="sine_jax-stop-watcher", daemon=True)
+    _watcher.start()
     import atexit
 
-    atexit.register(_exiting.set)  # runs before JAX's own exit handler (registered earlier)
-    threading.Thread(target=_watch, name="sine_jax-stop-watcher", daemon=True).start()
+    atexit.register(_end_watcher)  # runs before JAX's own exit handler (registered earlier)
     logging.info("process %d of %d", jax.process_index(), jax.process_count())
 
 
@@ -96,6 +99,7 @@ def stop_together():
     one-line error (see the module docstring); in one process it passes through."""
     try:
         yield
+        barrier("finished")  # a process that fails late still stops the others
     except BaseException as e:
         if _client is None or isinstance(e, SystemExit):
             raise
@@ -150,14 +154,15 @@ def _read_stop(wait_ms: int = 0) -> tuple[int, int, str] | None:
 
 
 def _watch() -> None:
-    """The watcher thread: waits for a stop written by another process and ends this one."""
+    """The watcher thread: waits to be woken; ends this process when another one stopped,
+    returns otherwise (this process's own stop, or its normal exit)."""
     failures = 0
     while True:
         try:
-            value = _client.blocking_key_value_get(STOP_KEY, _POLL_MS)
+            _client.blocking_key_value_get(f"{_WAKE_PREFIX}{jax.process_index()}",
+                                           BARRIER_TIMEOUT_S * 1000)
+            break
         except Exception as e:  # noqa: BLE001 - the long poll's timeout, or a lost service
-            if _exiting.is_set():
-                return
             if "DEADLINE_EXCEEDED" in str(e):
                 failures = 0
                 continue
@@ -165,11 +170,18 @@ def _watch() -> None:
             if failures < 5:
                 time.sleep(1)
                 continue
-            _stop_as_peer(0, 2, "the coordination service (process 0) is gone")
-        process, code, message = value.split("\t", 2)
-        if int(process) != jax.process_index():
-            _stop_as_peer(int(process), int(code), message)
-        return  # this process's own stop: the thread writing it ends the process
+            _stop_as_peer(0, 2, "the coordination service (in process 0) is gone")
+    peer = _read_stop()
+    if peer is not None and peer[0] != jax.process_index():
+        _stop_as_peer(*peer)
+
+
+def _end_watcher() -> None:
+    """At a normal exit: wakes this process's watcher and waits for it to return (a thread
+    left inside a JAX call when the interpreter ends would abort the process)."""
+    with contextlib.suppress(Exception):
+        _client.key_value_set(f"{_WAKE_PREFIX}{jax.process_index()}", "", allow_overwrite=True)
+    _watcher.join(timeout=ACK_TIMEOUT_S)
 
 
 def _stop_as_origin(message: str, code: int) -> None:
@@ -182,6 +194,9 @@ def _stop_as_origin(message: str, code: int) -> None:
         if peer is not None and peer[0] != jax.process_index():
             _stopping.release()
             _stop_as_peer(*peer)
+    for process in range(jax.process_count()):
+        with contextlib.suppress(Exception):
+            _client.key_value_set(f"{_WAKE_PREFIX}{process}", "", allow_overwrite=True)
     _end(message, code)
 
 

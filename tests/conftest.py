@@ -63,11 +63,11 @@ def shared_file():
     return path
 
 
-# The heaviest test files (about 390, 340, 320, 170 and 100 CPU seconds on the 2-core
+# The heaviest test files (about 390, 340, 320, 170, 170 and 100 CPU seconds on the 2-core
 # machine), run first: pytest-xdist hands out whole files in collection order, so a heavy
 # file collected last would run alone at the end while the other workers sit idle.
 HEAVY_FIRST = ("train_test.py", "models_test.py", "robustness_test.py", "step_test.py",
-               "serving_test.py")
+               "multiprocess_test.py", "serving_test.py")
 
 
 def pytest_collection_modifyitems(items):
