@@ -10,8 +10,10 @@ collective traffic in the compiled program, and the roofline fraction
     roofline time = max(FLOPs / peak FLOP/s, bytes / bandwidth),  fraction = that / step time,
 
 with the peak FLOP/s measured in the same run by a large f32 matmul and the bandwidth by a
-large copy (on a GPU the datasheet figures are given too). It also times the input
-pipeline alone (the examples/s the grain pipeline can feed).
+large copy (on a GPU the datasheet figures are given too, at the peak of the compute
+dtype). It also times the input pipeline alone, reading this host's rows of each batch as
+training does, beside the examples/s per host the step consumes (`input_headroom`: how many
+times faster this host can read batches than the step uses them).
 
     python launch/benchmark.py --config=configs/movielens.py --batch_size=1024 \
         --num_items=3706 --json=bench.json --config.loss.name=full_softmax
@@ -20,7 +22,8 @@ pipeline alone (the examples/s the grain pipeline can feed).
         python launch/benchmark.py --config=configs/movielens.py --mesh=data:4,model:2
 
 `--steps=2 --warmup=1` makes it a smoke run; `--trace_dir=DIR` writes a profiler trace of
-a few steps (TensorBoard / Perfetto).
+a few steps (TensorBoard / Perfetto); `--eval_users=N` also times the full-ranking
+evaluation of N users over the M items (users/s).
 """
 
 import json
@@ -44,17 +47,36 @@ _TRACE_DIR = flags.DEFINE_string("trace_dir", None, "Write a profiler trace of 3
 _PIPELINE_SECONDS = flags.DEFINE_float(
     "pipeline_seconds", 3.0, "How long to time the input pipeline alone (0 = skip)."
 )
+_EVAL_USERS = flags.DEFINE_integer(
+    "eval_users", 0, "Also time the full-ranking evaluation of this many users (0 = skip)."
+)
 flags.mark_flags_as_required(["config"])
 
-# Datasheet peaks (dense, no sparsity) by device kind: f32 FLOP/s with TF32 tensor cores
-# (XLA's default f32 matmul precision on these GPUs), bf16 FLOP/s, memory bytes/s.
+# Datasheet peaks (dense, no sparsity) by device kind (a substring of `device_kind`; the SXM
+# H100 reports "NVIDIA H100 80GB HBM3"): f32 FLOP/s with TF32 tensor cores (XLA's default f32
+# matmul precision on these GPUs), f32 FLOP/s on the CUDA cores (full-precision f32), bf16
+# tensor-core FLOP/s, memory bytes/s.
 DATASHEET = {
-    "H200": {"f32_tf32_flops": 494.7e12, "bf16_flops": 989.4e12, "bandwidth": 4.8e12},
-    "H100": {"f32_tf32_flops": 494.7e12, "bf16_flops": 989.4e12, "bandwidth": 3.35e12},
+    "H200": {"tf32_flops": 494.7e12, "f32_flops": 66.9e12, "bf16_flops": 989.4e12,
+             "bandwidth": 4.8e12},
+    "H100 80GB HBM3": {"tf32_flops": 494.7e12, "f32_flops": 66.9e12, "bf16_flops": 989.4e12,
+                       "bandwidth": 3.35e12},
+    "H100 PCIe": {"tf32_flops": 378.0e12, "f32_flops": 51.2e12, "bf16_flops": 756.0e12,
+                  "bandwidth": 2.0e12},
 }
 _COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _DTYPE_BYTES = {"f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2, "s8": 1, "u8": 1,
                 "pred": 1, "f64": 8, "s64": 8, "u64": 8}  # fmt: skip
+
+
+def datasheet(device_kind: str, compute_dtype: str) -> dict[str, float] | None:
+    """The DATASHEET entry of `device_kind` with `peak_flops`, the peak of the compute dtype
+    (bf16 tensor cores for bfloat16, TF32 for float32); None for another device."""
+    for name, sheet in DATASHEET.items():
+        if name in device_kind:
+            dtype_peak = "bf16_flops" if compute_dtype == "bfloat16" else "tf32_flops"
+            return {**sheet, "peak_flops": sheet[dtype_peak]}
+    return None
 
 
 def parse_mesh(text: str | None) -> dict[str, int]:
@@ -146,8 +168,9 @@ def synthetic_batches(config, num_items: int, sharding, count: int = 8) -> list[
     ]
 
 
-def pipeline_examples_per_sec(config, seconds: float) -> float:
-    """Examples/s of the grain training pipeline alone (synthetic data, the config's B and n)."""
+def pipeline_examples_per_sec(config, seconds: float, rows: tuple[int, int]) -> float:
+    """Examples/s of the grain training pipeline alone (synthetic data, the config's B and n),
+    reading `rows` of each global batch (this host's share)."""
     import tempfile
 
     from configs import synthetic
@@ -160,7 +183,7 @@ def pipeline_examples_per_sec(config, seconds: float) -> float:
     iterator = iter(
         pipeline.make_train_dataset(
             data, max_seq_len=config.model.max_seq_len, batch_size=config.train.batch_size,
-            seed=0,
+            seed=0, rows=rows,
         )
     )
     next(iterator)  # starts the prefetch threads
@@ -168,11 +191,43 @@ def pipeline_examples_per_sec(config, seconds: float) -> float:
     while time.perf_counter() - start < seconds:
         next(iterator)
         count += 1
-    return count * config.train.batch_size / (time.perf_counter() - start)
+    return count * (rows[1] - rows[0]) / (time.perf_counter() - start)
+
+
+def eval_throughput(config, model, params, mesh, num_items: int, num_users: int) -> dict:
+    """Full-ranking evaluation as validation runs it: `num_users` random users (history,
+    target, the history excluded) ranked against all M items, eval.batch_size users at a
+    time; the first batch (which compiles) is timed apart."""
+    import numpy as np
+
+    from sine_jax import evaluate
+
+    rank_fn = evaluate.make_rank_fn(
+        model.queries_and_table, mesh, mask_history=config.eval.mask_history,
+        chunk_size=config.eval.item_chunk_size, num_items=num_items,
+    )
+    rng = np.random.default_rng(1)
+    batch = config.eval.batch_size
+
+    def users(count):
+        history = rng.integers(1, num_items + 1, (count, config.model.max_seq_len), np.int32)
+        target = rng.integers(1, num_items + 1, count, np.int32)
+        return {"history": history, "target": target, "exclude": history}
+
+    def seconds(arrays):
+        start = time.perf_counter()
+        evaluate.compute_ranks(rank_fn, params, arrays, batch_size=batch, mesh=mesh)
+        return time.perf_counter() - start
+
+    first = seconds(users(batch))
+    timed = seconds(users(num_users))
+    return {"eval_users_per_sec": num_users / timed, "eval_users": num_users,
+            "eval_batch_size": batch, "eval_first_batch_seconds": first}
 
 
 def run_benchmark(config, *, num_items: int, steps: int, warmup: int,
-                  trace_dir: str | None = None, pipeline_seconds: float = 0.0) -> dict:
+                  trace_dir: str | None = None, pipeline_seconds: float = 0.0,
+                  eval_users: int = 0) -> dict:
     """Times the train step of `config`; returns the results dict (see the module docstring)."""
     import jax
 
@@ -257,14 +312,22 @@ def run_benchmark(config, *, num_items: int, steps: int, warmup: int,
         "jax": jax.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }
-    for name, sheet in DATASHEET.items():
-        if name in device.device_kind:
-            results["datasheet"] = sheet
-            results["roofline_fraction_datasheet"] = max(
-                flops / sheet["f32_tf32_flops"], bytes_accessed / sheet["bandwidth"]
-            ) / step_seconds
+    sheet = datasheet(device.device_kind, config.train.compute_dtype)
+    if sheet is not None:
+        results["datasheet"] = sheet
+        results["roofline_fraction_datasheet"] = max(
+            flops / sheet["peak_flops"], bytes_accessed / sheet["bandwidth"]
+        ) / step_seconds
     if pipeline_seconds > 0:
-        results["pipeline_examples_per_sec"] = pipeline_examples_per_sec(config, pipeline_seconds)
+        rows = sharding.local_rows(mesh, batch_size)
+        share = (rows[1] - rows[0]) / batch_size  # of each batch, read by this host
+        results["pipeline_examples_per_sec_per_host"] = pipeline_examples_per_sec(
+            config, pipeline_seconds, rows)
+        results["step_examples_per_sec_per_host"] = results["examples_per_sec"] * share
+        results["input_headroom"] = (results["pipeline_examples_per_sec_per_host"]
+                                     / results["step_examples_per_sec_per_host"])
+    if eval_users > 0:
+        results.update(eval_throughput(config, model, state.params, mesh, num_items, eval_users))
     return results
 
 
@@ -286,8 +349,19 @@ def format_table(results: dict) -> str:
         ("peak memory (GiB)", f"{results['peak_memory_bytes'] / 2**30:.2f}"),
         ("collective bytes / step", json.dumps(results["collective_bytes_per_step"])),
     ]  # fmt: skip
-    if "pipeline_examples_per_sec" in results:
-        rows.append(("input pipeline examples/s", f"{results['pipeline_examples_per_sec']:,.0f}"))
+    if "pipeline_examples_per_sec_per_host" in results:
+        rows += [
+            ("step examples/s per host", f"{results['step_examples_per_sec_per_host']:,.0f}"),
+            ("input pipeline examples/s per host",
+             f"{results['pipeline_examples_per_sec_per_host']:,.0f}"),
+            ("input headroom (pipeline / step)", f"{results['input_headroom']:.1f}x"),
+        ]
+    if "eval_users_per_sec" in results:
+        rows.append((f"evaluation users/s (full ranking, {results['num_items']:,} items)",
+                     f"{results['eval_users_per_sec']:,.0f}"))
+    if "roofline_fraction_datasheet" in results:
+        rows.append(("roofline fraction (datasheet)",
+                     f"{results['roofline_fraction_datasheet']:.2f}"))
     head = (
         f"{results['device_kind']} x{results['devices']} mesh {results['mesh']}, batch "
         f"{results['batch_size']}, {results['num_items']:,} items, {results['loss_name']}, "
@@ -311,6 +385,7 @@ def main(argv):
     results = run_benchmark(
         config, num_items=_NUM_ITEMS.value, steps=_STEPS.value, warmup=_WARMUP.value,
         trace_dir=_TRACE_DIR.value, pipeline_seconds=_PIPELINE_SECONDS.value,
+        eval_users=_EVAL_USERS.value,
     )
     print(format_table(results))
     if _JSON.value:

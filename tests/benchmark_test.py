@@ -19,7 +19,7 @@ def _tiny_config(**mesh):
 
 def test_tiny_benchmark_reports_every_field_and_compiles_once():
     results = benchmark.run_benchmark(_tiny_config(data=4, model=2), num_items=2000, steps=2,
-                                      warmup=1)
+                                      warmup=1, pipeline_seconds=0.2, eval_users=40)
     for key in ("examples_per_sec", "steps_per_sec", "compile_seconds", "num_compiles",
                 "flops_per_step", "bytes_per_step", "roofline_fraction", "peak_memory_bytes",
                 "devices", "mesh", "batch_size", "num_items"):
@@ -34,7 +34,22 @@ def test_tiny_benchmark_reports_every_field_and_compiles_once():
     assert results["roofline_fraction"] == pytest.approx(roofline / results["step_seconds"])
     assert 0 < results["roofline_fraction"] <= 1
     assert results["sparse_item_updates"]  # 2,000 items > 8 x the rows a step touches
-    assert "examples/s" in benchmark.format_table(results)
+    # One process holds every row of a batch: the step's examples/s per host are all of them.
+    assert results["step_examples_per_sec_per_host"] == results["examples_per_sec"]
+    assert results["input_headroom"] == pytest.approx(
+        results["pipeline_examples_per_sec_per_host"] / results["examples_per_sec"])
+    assert results["eval_users"] == 40 and results["eval_users_per_sec"] > 0
+    table = benchmark.format_table(results)
+    assert "input pipeline examples/s per host" in table and "evaluation users/s" in table
+
+
+def test_datasheet_peak_follows_the_device_and_the_compute_dtype():
+    h200 = benchmark.datasheet("NVIDIA H200", "bfloat16")
+    assert h200["peak_flops"] == h200["bf16_flops"] == 989.4e12 and h200["bandwidth"] == 4.8e12
+    sxm = benchmark.datasheet("NVIDIA H100 80GB HBM3", "float32")
+    assert sxm["peak_flops"] == sxm["tf32_flops"] == 494.7e12 and sxm["bandwidth"] == 3.35e12
+    assert benchmark.datasheet("NVIDIA H100 PCIe", "bfloat16")["peak_flops"] == 756.0e12
+    assert benchmark.datasheet("cpu", "float32") is None
 
 
 def test_collective_bytes_reads_the_compiled_module():
