@@ -17,8 +17,12 @@
 # sine_jax.main calls jax.distributed.initialize() before it looks at any device; JAX reads
 # JAX_COORDINATOR_ADDRESS, and sine_jax passes on JAX_NUM_PROCESSES and JAX_PROCESS_ID. Every
 # process then sees all hosts' GPUs as one mesh: train.batch_size is the global batch (divisible
-# by the total number of GPUs), each host reads the same data file and feeds its own GPUs.
-# WORKDIR must be on a file system all hosts share (checkpoints are written together).
+# by the total number of GPUs); each host reads the same data file but batches only its own
+# rows of every global batch (B / number of hosts) and sends them to its own GPUs.
+# WORKDIR must be on a file system all hosts share: process 0 writes the workdir's files and
+# holds its lock, every process writes its part of the checkpoints. An error in one process
+# ends every process within seconds with its one-line message; a run resumes with the same
+# number of processes.
 #
 # Under SLURM (or Open MPI), JAX detects the coordinator, the process count and the id itself:
 # leave the three variables unset and start one process per host, e.g.

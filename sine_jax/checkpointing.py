@@ -2,9 +2,9 @@
 their checksums and the quarantine of damaged ones; early stopping itself.
 
 Layout: `WORKDIR/checkpoints/<step>/` with three items: `state` (the TrainState pytree),
-`data` (the grain iterator state, one file per process) and `progress` (JSON: best validation metric, best step,
-evaluations without improvement), and `sha256.json`. The most recent `keep` checkpoints are
-kept, and the best one (by validation metric) is never deleted.
+`data` (the grain iterator state, one file per process) and `progress` (JSON: best
+validation metric, best step, evaluations without improvement), and `sha256.json`. The most
+recent `keep` checkpoints are kept, and the best one (by validation metric) is never deleted.
 
 Integrity: Orbax checks the structure of what it reads but not the bytes of the array data
 (its zarr3 chunks carry no checksum), so flipped bytes would restore as other numbers.

@@ -3,8 +3,9 @@
 import json
 import os
 
-import jax
 from tensorboardX import SummaryWriter
+
+from sine_jax import multihost
 
 
 class MetricWriter:
@@ -21,7 +22,7 @@ class MetricWriter:
 
     def __init__(self, workdir: str):
         self._files = None
-        if jax.process_index() == 0:
+        if multihost.is_primary():
             self._files = (SummaryWriter(os.path.join(workdir, "tensorboard")),
                            open(os.path.join(workdir, "metrics.jsonl"), "a"))
 
