@@ -15,6 +15,7 @@ import time
 import pytest
 
 from sine_jax import train
+from sine_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = [
@@ -157,6 +158,19 @@ def test_an_error_in_one_process_ends_both_with_its_one_line_message(tmp_path):
     assert pair.last_error_line(0) == f"error: process 1 of 2 stopped: {message}"
     for i in range(2):
         assert "Traceback" not in pair.err(i).read_text()
+
+
+def test_a_workdir_in_use_stops_both_processes_naming_its_owner(tmp_path):
+    """Process 0 holds the workdir's lock for the run (its peer takes none, so the two do not
+    refuse each other); a lock held by another run refuses process 0, and process 1 stops
+    with it instead of waiting for it."""
+    workdir = tmp_path / "run"
+    with workdir_lib.lock(str(workdir)):  # as another run's trainer holds it
+        pair = Pair(workdir, tmp_path)
+        assert pair.wait(RUN_LIMIT_S) == [2, 2]
+    refusal = f"{workdir} is in use by process {os.getpid()}"
+    assert pair.last_error_line(0).startswith(f"error: {refusal}")
+    assert pair.last_error_line(1).startswith(f"error: process 0 of 2 stopped: {refusal}")
 
 
 def test_sigterm_ends_a_process_at_once_and_its_peer_follows(tmp_path):
