@@ -1,10 +1,11 @@
 """Orbax checkpoints of the train state, the grain iterator and the early-stopping record;
 their checksums and the quarantine of damaged ones; early stopping itself.
 
-Layout: `WORKDIR/checkpoints/<step>/` with three items: `state` (the TrainState pytree),
-`data` (the grain iterator state, one file per process) and `progress` (JSON: best
-validation metric, best step, evaluations without improvement), and `sha256.json`. The most
-recent `keep` checkpoints are kept, and the best one (by validation metric) is never deleted.
+Layout: `WORKDIR/checkpoints/<step>/` with `state` (the TrainState pytree), `data` (the
+grain iterator state, one file per process), `progress` (JSON: best validation metric, best
+step, evaluations without improvement), `metrics` (Orbax's record of whether this checkpoint
+was the best when saved) and `sha256.json`. The most recent `keep` checkpoints are kept, and
+the best one (by validation metric) is never deleted, also after a resume.
 
 Integrity: Orbax checks the structure of what it reads but not the bytes of the array data
 (its zarr3 chunks carry no checksum), so flipped bytes would restore as other numbers.
@@ -42,6 +43,7 @@ from sine_jax.errors import SineError
 
 CHECKSUMS_FILE = "sha256.json"
 DAMAGED_SUFFIX = ".damaged"  # WORKDIR/checkpoints.damaged/<step>: quarantined checkpoints
+_MARKER_ITEM = "metrics"  # Orbax's item for the metrics of `CheckpointManager.save`
 _HASH_BLOCK = 1 << 20
 
 
@@ -171,21 +173,42 @@ class Checkpointer:
         self.quarantine_dir = self.directory + DAMAGED_SUFFIX
         self._saving_step = None  # the step whose save is in flight (at most one)
         self._damaged = set()  # steps found damaged in this process: never read again
+        self._set_aside_damaged_markers()
         policy = policies.AnyPreservationPolicy(
             [
                 policies.LatestN(n=keep),
+                # A checkpoint without a marker on disk (written before markers were
+                # saved) may be the best: kept, never deleted to make room.
                 policies.BestN(
-                    get_metric_fn=_best_marker, n=1, keep_checkpoints_without_metrics=False
+                    get_metric_fn=_best_marker, n=1, keep_checkpoints_without_metrics=True
                 ),
             ]
         )
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
+                # best_fn makes Orbax write each checkpoint's marker to disk and read it back
+                # when a run resumes; without it the markers live in memory only and a resumed
+                # run's first saves delete the best checkpoint (if it is not among the latest).
+                best_fn=_best_marker, best_mode="max",
                 preservation_policy=policy, create=True, enable_async_checkpointing=True,
                 async_options=ocp.AsyncOptions(post_finalization_callback=self._write_checksums),
             ),
         )
+
+    def _set_aside_damaged_markers(self) -> None:
+        """Quarantines the checkpoints whose best marker (`metrics`) fails its checksum:
+        Orbax reads every marker when the manager is built and would fail on a damaged one."""
+        if not os.path.isdir(self.directory):
+            return
+        steps = sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
+        for step in steps:
+            step_dir = os.path.join(self.directory, str(step))
+            if not os.path.isdir(os.path.join(step_dir, _MARKER_ITEM)):
+                continue  # written before markers were saved
+            problem, _ = self._verify(step_dir, (_MARKER_ITEM,))
+            if problem is not None:
+                self._move_aside(step, problem)
 
     def _write_checksums(self) -> None:
         """Orbax's post-finalization callback (its save thread, primary process): the files of
@@ -398,9 +421,16 @@ class Checkpointer:
         return problem, verified
 
     def _quarantine(self, step: int, reason: str) -> "DamagedCheckpoint":
+        """`_move_aside`, then the manager forgets the step; returns the exception to raise."""
+        where = self._move_aside(step, reason)
+        self.manager.reload()
+        step_dir = os.path.join(self.directory, str(step))
+        return DamagedCheckpoint(f"checkpoint {step_dir} is damaged ({reason}); {where}")
+
+    def _move_aside(self, step: int, reason: str) -> str:
         """Moves checkpoint `step` to the quarantine directory (process 0; every process of
         a multi-process run calls this, the others wait for the move) with one warning line;
-        returns the exception to raise."""
+        returns where it went."""
         step_dir = os.path.join(self.directory, str(step))
         where = None
         if multihost.is_primary():
@@ -421,8 +451,7 @@ class Checkpointer:
             step_dir, reason, where,
         )
         self._damaged.add(step)
-        self.manager.reload()
-        return DamagedCheckpoint(f"checkpoint {step_dir} is damaged ({reason}); {where}")
+        return where
 
     def wait(self) -> None:
         with self._write_errors():

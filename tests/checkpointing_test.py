@@ -1,7 +1,9 @@
-"""Checkpointer: keep-N never deletes the best checkpoint; state, iterator, progress round-trip;
+"""Checkpointer: keep-N never deletes the best checkpoint (also
+after a restart); state, iterator, progress round-trip;
 checksums, quarantine of damaged checkpoints, the fallback when the best one is damaged."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -39,6 +41,45 @@ def test_best_checkpoint_survives_keep_n_and_everything_round_trips(tmp_path):
     np.testing.assert_array_equal(ckpt.restore_state(10, abstract)["w"], [10.0] * 3)
     ckpt.close()
 
+
+
+def test_best_checkpoint_survives_keep_n_after_a_restart(tmp_path):
+    """A resumed run (a new Checkpointer on the same directory) still knows which older
+    checkpoint is the best, so its next saves do not delete it."""
+    directory = str(tmp_path / "checkpoints")
+    ckpt = checkpointing.Checkpointer(directory, keep=1)
+    it = _iterator()
+    ckpt.save(10, {"w": jnp.zeros((3,))}, it, checkpointing.Progress(0.5, 10, 0))
+    ckpt.save(20, {"w": jnp.ones((3,))}, it, checkpointing.Progress(0.5, 10, 1))
+    ckpt.wait()
+    ckpt.close()
+    resumed = checkpointing.Checkpointer(directory, keep=1)
+    for step in (30, 40):
+        resumed.save(step, {"w": jnp.ones((3,))}, it, checkpointing.Progress(0.5, 10, step // 10 - 1))
+    resumed.wait()
+    resumed.close()
+    kept = sorted(int(s) for s in os.listdir(directory) if s.isdigit())
+    assert kept == [10, 40]
+
+
+def test_checkpoints_written_without_a_best_marker_are_never_deleted(tmp_path):
+    """Checkpoints of an earlier version carry no best marker on disk: which of them is the
+    best is unknown, so none of them is deleted to make room."""
+    directory = str(tmp_path / "checkpoints")
+    ckpt = checkpointing.Checkpointer(directory, keep=1)
+    it = _iterator()
+    for step in (10, 20):
+        ckpt.save(step, {"w": jnp.zeros((3,))}, it, checkpointing.Progress(0.5, 10, 0))
+    ckpt.wait()
+    ckpt.close()
+    for step in (10, 20):  # as an earlier version wrote them
+        shutil.rmtree(os.path.join(directory, str(step), "metrics"))
+    resumed = checkpointing.Checkpointer(directory, keep=1)
+    resumed.save(30, {"w": jnp.ones((3,))}, it, checkpointing.Progress(0.5, 10, 2))
+    resumed.wait()
+    resumed.close()
+    kept = sorted(int(s) for s in os.listdir(directory) if s.isdigit())
+    assert kept == [10, 20, 30]
 
 def _damage(step_dir):
     """Truncates every file of the checkpoint's state item, as a disk fault would."""
