@@ -20,7 +20,6 @@ from ml_collections import config_dict
 
 from sine_jax import losses, models, sharding, sparse_adam
 from sine_jax.errors import SineError
-from sine_jax.models import layers
 
 
 @flax.struct.dataclass
@@ -55,10 +54,11 @@ class SplitModel:
         return nnx.merge(self.graphdef, params, self.rest)
 
     def queries_and_table(self, params: nnx.State, history: jax.Array):
-        """(queries [B, D] or [B, K, D], item table [R, D]) for histories int32 [B, n]: what
-        the evaluation ranks with (`evaluate`; K queries rank an item by its best score)."""
+        """(queries [B, D'] or [B, K, D'], the item vectors they score [R, D']) for histories
+        int32 [B, n]: what the evaluation ranks with (`evaluate`; K queries rank an item by
+        its best score). D' = D but for models with `item_vectors` (`models.item_vectors`)."""
         model = self.merge(params)
-        return model.encode(history), model.item_embedding[...]
+        return model.encode(history), models.item_vectors(model, model.item_embedding[...])
 
     def interest_summary(self, params: nnx.State, history: jax.Array):
         """`sine.InterestSummary` of histories int32 [B, n] (models with interests only)."""
@@ -268,16 +268,17 @@ def train_step(
     def loss_fn(dense, rows):
         params = _with_table(_cast(dense, compute_dtype), rows.astype(compute_dtype))
         model = context.model.merge(params)
-        user_vectors = model.encode(history_idx, dropout_rng)  # [B, D] or [B, K, D]
         rows_c = model.item_embedding[...]
-        if user_vectors.ndim == 3:  # multi-interest: the interest nearest each target
-            user_vectors = layers.label_aware_readout(user_vectors, rows_c[target_idx])
+        user_vectors = models.training_query(  # [B, D']; multi-interest: read against the target
+            model, model.encode(history_idx, dropout_rng), rows_c[target_idx], history_idx
+        )
+        scored = functools.partial(models.item_vectors, model)  # rows -> what queries score
         if full:
-            like = losses.full_softmax_loss(user_vectors, rows_c, target, num_items)
+            like = losses.full_softmax_loss(user_vectors, scored(rows_c), target, num_items)
         else:
             like = losses.sampled_softmax_loss(
-                user_vectors, rows_c[target_idx], rows_c[sampled_idx], target, sampled,
-                num_items,
+                user_vectors, scored(rows_c[target_idx]), scored(rows_c[sampled_idx]), target,
+                sampled, num_items,
                 logq_correction=loss_config.logq_correction,
                 remove_accidental_hits=loss_config.remove_accidental_hits,
             )

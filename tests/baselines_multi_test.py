@@ -1,6 +1,7 @@
 """Tests of the multi-interest baselines MIND, ComiRec-SA and MCPRN (sine_jax/models)."""
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -10,12 +11,14 @@ import pytest
 from flax import nnx
 
 from configs import default
+from sine_jax import models
 from sine_jax.errors import ConfigError
 from sine_jax.losses import full_softmax_loss
+from sine_jax.models import layers
 from sine_jax.models.comirec_sa import ComiRecSA
-from sine_jax.models.layers import Constant, label_aware_readout
+from sine_jax.models.layers import Constant
 from sine_jax.models.mcprn import MCPRN
-from sine_jax.models.mind import MIND, dynamic_routing
+from sine_jax.models.mind import MIND, active_interests, dynamic_routing
 
 D, N, K, M, B = 8, 5, 3, 30, 4
 CLASSES = [MIND, ComiRecSA, MCPRN]
@@ -30,7 +33,8 @@ def model_config(**overrides):
         *parents, last = field.split(".")
         for parent in parents:
             node = node[parent]
-        node[last] = value
+        with node.ignore_type():  # (wrong types are what the validation tests pass)
+            node[last] = value
     return config
 
 
@@ -61,15 +65,14 @@ def encode(model, history):
 
 
 def query(model, history, targets):
-    """The training query: the target's closest interest for multi-interest encoders."""
+    """The training query (multi-interest encoders: read out against the target), as the
+    train step forms it."""
     out = model.encode(history)
-    if out.ndim == 3:
-        out = label_aware_readout(out, model.item_embedding[...][targets])
-    return out
+    return models.training_query(model, out, model.item_embedding[...][targets], history)
 
 
 def mean_loss(model, history, targets, num_items):
-    table = model.item_embedding[...]
+    table = models.item_vectors(model, model.item_embedding[...])
     return full_softmax_loss(query(model, history, targets), table, targets, num_items).mean()
 
 
@@ -112,7 +115,7 @@ def base_model(cls):
 @pytest.mark.parametrize("cls", CLASSES, ids=IDS)
 def test_shapes_and_finite(cls):
     out = encode(base_model(cls), jnp.asarray(HISTORY))  # row 2 is all padding
-    expected = (B, D) if cls is MCPRN else (B, K, D)
+    expected = (B, K * D) if cls is MCPRN else (B, K, D)
     assert out.shape == expected
     assert np.all(np.isfinite(out))
 
@@ -158,6 +161,12 @@ def chain_data(num_items=20, n=N):
 
 
 SCHEDULES = {MIND: (2e-2, 200), ComiRecSA: (5e-2, 300), MCPRN: (2e-2, 200)}
+# MCPRN routes at tau = 1 here: the chain has no purposes, and with D = 8 and 20 items the
+# default tau = 0.1 makes the routing one-hot from the first step, scattering consecutive
+# items over channels it then cannot leave (items 1 and 2 in different channels: nothing in
+# item 2's channel follows a history [1]). On the synthetic data (D = 32, 1,000 items) the
+# routing starts soft at tau = 0.1.
+OVERRIDES = {MCPRN: {"mcprn.temperature": 1.0}}
 
 
 @functools.cache
@@ -168,7 +177,8 @@ def chain_training(cls):
     history, targets = (jnp.asarray(a) for a in chain_data(num_items))
     learning_rate, steps = SCHEDULES[cls]
     step, params, opt_state, merge = make_step(
-        build(cls, num_items=num_items, table_rows=num_items + 1), num_items, learning_rate
+        build(cls, num_items=num_items, table_rows=num_items + 1, **OVERRIDES.get(cls, {})),
+        num_items, learning_rate,
     )
     losses, after_first = [], None
     for _ in range(steps):
@@ -203,7 +213,7 @@ def test_learns_next_item(cls):
     losses, _, trained = chain_training(cls)
     history, targets = chain_data(20)
     history, targets = history[1:], targets[1:]  # the all-padding row has nothing to follow
-    table = np.asarray(trained.item_embedding[...])
+    table = np.asarray(models.item_vectors(trained, trained.item_embedding[...]))
     q = np.asarray(encode(trained, jnp.asarray(history)))
     scores = (q[:, None] if q.ndim == 2 else q) @ table.T  # [B, K or 1, R]
     scores[..., 0] = -np.inf
@@ -226,17 +236,20 @@ def np_sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def np_mind_routing(u_hat, mask, b0, iterations):
-    """MIND's B2I routing for one user at a time, float64 loops."""
+def np_mind_routing(u_hat, mask, b0, iterations, num_active=None):
+    """MIND's B2I routing for one user at a time, float64 loops; user b routes to its first
+    num_active[b] capsules (all K when None), the others stay zero."""
     batch, n, d = u_hat.shape
     k = b0.shape[0]
     out = np.zeros((batch, k, d))
     for user in range(batch):
+        kk = k if num_active is None else num_active[user]
         b = b0.astype(np.float64).copy()
         for r in range(iterations):
-            w = np_softmax(b, axis=0) * mask[user][None, :]
+            w = np.zeros((k, n))
+            w[:kk] = np_softmax(b[:kk], axis=0) * mask[user][None, :]
             v = np.zeros((k, d))
-            for j in range(k):
+            for j in range(kk):
                 z = sum(w[j, t] * u_hat[user, t] for t in range(n))
                 norm2 = z @ z
                 v[j] = norm2 / (1 + norm2) * z / np.sqrt(norm2 + 1e-9)
@@ -249,7 +262,8 @@ def np_mind_routing(u_hat, mask, b0, iterations):
 
 
 def test_mind_matches_numpy_reference():
-    model = nnx.clone(base_model(MIND))
+    """All K capsules active (model.mind.dynamic_interests=False)."""
+    model = build(MIND, **{"mind.dynamic_interests": False})
     randomize(model, seed=4)
     table = np.asarray(model.item_embedding[...], np.float64)
     s = np.asarray(model.bilinear[...], np.float64)
@@ -268,6 +282,129 @@ def test_mind_matches_numpy_reference():
     )
     expected = np.maximum(v @ kernel + bias, 0.0)
     np.testing.assert_allclose(encode(model, jnp.asarray(HISTORY)), expected, rtol=1e-5, atol=1e-6)
+
+
+def np_num_interests(length, k):
+    """The MIND paper's K'_u = max(1, min(K, log2 |I_u|)), rounded down."""
+    return max(1, min(k, math.floor(math.log2(length)))) if length > 0 else 1
+
+
+def test_active_interests_follow_log2_of_the_history_length():
+    lengths = np.arange(0, 70)
+    mask = np.arange(70)[None, :] < lengths[:, None]  # [70, 70]: row L has L real items
+    for k in (1, 3, 4, 8):
+        got = np.asarray(active_interests(jnp.asarray(mask), k))
+        want = np.arange(k)[None, :] < np.array([np_num_interests(n, k) for n in lengths])[:, None]
+        np.testing.assert_array_equal(got, want)
+
+
+def test_mind_dynamic_interests_match_numpy_reference():
+    """Histories of 5, 3, 0 and 1 items get K' = 2, 1, 1, 1 of the K = 3 capsules: the
+    routing spreads each item over the active ones only, and the inactive capsules are copies
+    of the first, so that max over the K scores is max over the active ones."""
+    model = build(MIND)  # dynamic_interests=True by default (the paper)
+    randomize(model, seed=4)
+    table = np.asarray(model.item_embedding[...], np.float64)
+    s = np.asarray(model.bilinear[...], np.float64)
+    kernel = np.asarray(model.proj_kernel[...], np.float64)
+    bias = np.asarray(model.proj_bias[...], np.float64)
+    b0 = np.asarray(model.routing_logits[...], np.float64)
+    mask = HISTORY > 0
+    num_active = [np_num_interests(n, K) for n in mask.sum(1)]
+    assert num_active == [2, 1, 1, 1]
+    u_hat = (table[HISTORY] * mask[..., None]) @ s
+    v = np_mind_routing(u_hat, mask, b0, 3, num_active)
+    active = np.arange(K)[None, :] < np.asarray(num_active)[:, None]
+    np.testing.assert_allclose(
+        dynamic_routing(jnp.asarray(u_hat, jnp.float32), jnp.asarray(mask), b0, 3,
+                        jnp.asarray(active)),
+        v,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    interests = np.maximum(v @ kernel + bias, 0.0)
+    expected = np.where(active[..., None], interests, interests[:, :1])
+    got = encode(model, jnp.asarray(HISTORY))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # Retrieval: an item's score is the best of the active interests.
+    scores = np.einsum("bkd,rd->bkr", np.asarray(got), table)
+    best_active = np.stack([
+        np.einsum("kd,rd->kr", interests[b, :num_active[b]], table).max(0) for b in range(B)
+    ])
+    np.testing.assert_allclose(scores.max(1), best_active, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(model.active_interests(jnp.asarray(HISTORY)), active)
+
+
+def test_mind_training_query_is_label_aware_attention_over_active_interests():
+    """The train step's query for MIND (models.training_query) is the power-p attention of
+    the target over the active interests only, for p = inf (default), 0 and 2."""
+    history = jnp.asarray(HISTORY)
+    rng = np.random.default_rng(8)
+    interests = rng.normal(size=(B, K, D))
+    targets = rng.normal(size=(B, D))
+    active = np.arange(K)[None, :] < np.array([2, 1, 1, 1])[:, None]
+    for power in (math.inf, 0.0, 2.0):
+        model = build(MIND, **{"mind.label_power": power})
+        got = models.training_query(
+            model, jnp.asarray(interests, jnp.float32), jnp.asarray(targets, jnp.float32),
+            history,
+        )
+        want = np_label_aware(interests, targets, power, active)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def np_label_aware(interests, targets, power, active):
+    """MIND's label-aware attention, one example at a time in float64: weights
+    softmax over the active k of sign(s)|s|^p (p = 0: equal; p = inf: the best s wins)."""
+    out = np.zeros((len(interests), interests.shape[-1]))
+    for b in range(len(interests)):
+        q = interests[b][active[b]]
+        s = q @ targets[b]
+        if math.isinf(power):
+            out[b] = q[np.argmax(s)]
+            continue
+        logits = np.zeros_like(s) if power == 0 else np.sign(s) * np.abs(s) ** power
+        out[b] = np_softmax(logits, axis=0) @ q
+    return out
+
+
+@pytest.mark.parametrize("power", [0.0, 1.0, 2.0, 2.5, 3.0, math.inf])
+def test_label_aware_readout_matches_numpy_reference(power):
+    """Values and input gradients of `layers.label_aware_readout` against the float64
+    reference (gradients by central differences; p = inf: only the chosen interest gets one)."""
+    rng = np.random.default_rng(int(power) if math.isfinite(power) else 99)
+    interests = rng.normal(size=(5, 4, 3))
+    targets = rng.normal(size=(5, 3))
+    active = np.arange(4)[None, :] < np.array([4, 3, 1, 2, 4])[:, None]
+    readout = functools.partial(
+        layers.label_aware_readout, power=power, active=jnp.asarray(active)
+    )
+    got = readout(jnp.asarray(interests, jnp.float32), jnp.asarray(targets, jnp.float32))
+    np.testing.assert_allclose(got, np_label_aware(interests, targets, power, active),
+                               rtol=1e-5, atol=1e-5)
+
+    weights = rng.normal(size=(5, 3))  # the loss sum(weights * readout)
+    grads = jax.grad(lambda q, e: jnp.sum(weights * readout(q, e)), argnums=(0, 1))(
+        jnp.asarray(interests, jnp.float32), jnp.asarray(targets, jnp.float32)
+    )
+    hard = math.isinf(power)
+    for arg, grad in enumerate(grads):
+        base = [interests, targets]
+        numeric = np.zeros_like(base[arg])
+        for index in np.ndindex(base[arg].shape):
+            plus, minus = [a.copy() for a in base], [a.copy() for a in base]
+            plus[arg][index] += 1e-6
+            minus[arg][index] -= 1e-6
+            numeric[index] = (
+                np.sum(weights * np_label_aware(*plus, power, active))
+                - np.sum(weights * np_label_aware(*minus, power, active))
+            ) / 2e-6
+        np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=1e-4)
+    if hard:  # the target gets no gradient through the choice; one interest per row gets one
+        assert np.abs(np.asarray(grads[1])).max() == 0.0
+        assert ((np.abs(np.asarray(grads[0])).sum(-1) > 0).sum(1) == 1).all()
+    # Inactive interests never receive a gradient.
+    assert np.abs(np.asarray(grads[0])[~active]).max() == 0.0
 
 
 def test_mind_routing_start_is_fixed_and_gradient_flows_through_last_iteration():
@@ -344,19 +481,15 @@ def test_mcprn_matches_numpy_reference():
     wx = np.asarray(model.psru_w_input[...], np.float64)  # [K, D, 3D]
     wh = np.asarray(model.psru_w_hidden[...], np.float64)
     bias = np.asarray(model.psru_bias[...], np.float64)  # [K, 3D]
-    expected = np.zeros((B, D))
+    channels = np.zeros((B, K, D))
     for user in range(B):
         h = np.zeros((K, D))
-        share = np.zeros(K)
-        real = 0
         for t in range(N):
             item = HISTORY[user, t]
             if item == 0:
                 continue  # padded steps leave every channel unchanged
-            real += 1
             x = table[item]
             a = np_softmax(purposes @ x / tau, axis=0)  # [K]
-            share += a
             for k in range(K):
                 wr, wz, wc = np.split(wx[k], 3, axis=1)
                 ur, uz, uc = np.split(wh[k], 3, axis=1)
@@ -366,9 +499,16 @@ def test_mcprn_matches_numpy_reference():
                 c = np.tanh(x @ wc + (r * h[k]) @ uc + bc)
                 gru = (1 - z) * h[k] + z * c
                 h[k] = (1 - a[k]) * h[k] + a[k] * gru
-        if real:
-            expected[user] = (share / real) @ h
-    np.testing.assert_allclose(encode(model, jnp.asarray(HISTORY)), expected, rtol=1e-5, atol=1e-6)
+        channels[user] = h
+    query = encode(model, jnp.asarray(HISTORY))
+    np.testing.assert_allclose(query, channels.reshape(B, K * D), rtol=1e-5, atol=1e-6)
+
+    # The score of every item v: its own purpose weights c_v mix the channels' final states,
+    # s_v = sum_k c_vk h^k, then s_v . e_v; what the evaluation ranks (queries_and_table).
+    c = np_softmax(table @ purposes.T / tau, axis=1)  # [R, K]
+    want = np.einsum("rk,bkd,rd->br", c, channels, table)
+    got = np.asarray(query) @ np.asarray(models.item_vectors(model, model.item_embedding[...])).T
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,6 +519,9 @@ def test_mcprn_matches_numpy_reference():
     "cls, field, value",
     [
         (MIND, "mind.routing_iterations", 0),
+        (MIND, "mind.label_power", -1.0),
+        (MIND, "mind.label_power", 0.5),
+        (MIND, "mind.dynamic_interests", 1),
         (MIND, "embed_dim", 0),
         (ComiRecSA, "comirec_sa.attention_hidden", -1),
         (ComiRecSA, "num_interests", 0),

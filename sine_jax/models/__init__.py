@@ -8,9 +8,15 @@ An encoder is an `nnx.Module` with
   * `item_embedding`: nnx.Param [R, D], the item table (row 0 = padding, rows past M = pad
     rows), shared by the input and the output side, started by `layers.init_item_table`;
   * `encode(history int32 [B, n]) -> [B, D]` one query per user, or `[B, K, D]` for the
-    multi-interest retrievers (mind, comirec_sa, sine_label): at training the interest
-    closest to the target is used (`layers.label_aware_readout`), at inference each interest
-    retrieves items and the lists are merged by score, i.e. an item scores max_k q_k . h.
+    multi-interest retrievers (mind, comirec_sa, sine_label): at training one query per
+    example is read out against the target (`training_query`), at inference each interest
+    retrieves items and the lists are merged by score, i.e. an item scores max_k q_k . h;
+and optionally
+  * `label_aware_query(interests [B, K, D], target_rows [B, D], history [B, n]) -> [B, D]`,
+    a multi-interest retriever's own training readout (MIND: its power p and active
+    interests); without it, the interest nearest the target (`layers.label_aware_readout`);
+  * `item_vectors(rows [..., D]) -> [..., D']`, what the queries score for item rows when it
+    is not the rows themselves (MCPRN: the rows weighted by their purposes, D' = K D).
 Histories are left-padded with 0 (most recent item at n - 1); an encoder reads the table
 through `self.item_embedding` only (the train step may swap in the rows a batch touches).
 
@@ -19,11 +25,12 @@ through `self.item_embedding` only (the train step may swap in the rows a batch 
 
 from collections.abc import Callable
 
+import jax
 import numpy as np
 from flax import nnx
 
 from sine_jax.errors import ConfigError
-from sine_jax.models import caser, comirec_sa, gru4rec, mcprn, mind, sasrec, sine
+from sine_jax.models import caser, comirec_sa, gru4rec, layers, mcprn, mind, sasrec, sine
 from sine_jax.models.layers import require_int
 
 # (model_config, num_items, rngs, *, table_rows, item_categories) -> the encoder.
@@ -96,3 +103,33 @@ def build_model(
     return ENCODERS[name](
         model_config, num_items, rngs, table_rows=table_rows, item_categories=item_categories
     )
+
+
+def training_query(
+    model: nnx.Module, queries: jax.Array, target_rows: jax.Array, history: jax.Array
+) -> jax.Array:
+    """The query the loss scores for each example: `encode`'s [B, D] as it is; of K queries
+    [B, K, D], the model's `label_aware_query`, else the one nearest the target.
+
+    Args:
+        model: the encoder that gave `queries`.
+        queries: [B, D] or [B, K, D] from `model.encode(history)`.
+        target_rows: [B, D] the targets' rows of the item table.
+        history: int32 [B, n] the histories that were encoded (0 = padding).
+
+    Returns:
+        [B, D].
+    """
+    if queries.ndim == 2:
+        return queries
+    readout = getattr(model, "label_aware_query", None)
+    if readout is None:
+        return layers.label_aware_readout(queries, target_rows)
+    return readout(queries, target_rows, history)
+
+
+def item_vectors(model: nnx.Module, rows: jax.Array) -> jax.Array:
+    """What `model`'s queries score for item rows [..., D]: its `item_vectors(rows)`, else
+    the rows themselves. Row by row, so it applies to the whole table or to gathered rows."""
+    transform = getattr(model, "item_vectors", None)
+    return rows if transform is None else transform(rows)

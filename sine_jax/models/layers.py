@@ -128,17 +128,41 @@ def project_items(table: jax.Array, ids: jax.Array, w: jax.Array) -> jax.Array:
     return out.reshape(*ids.shape, *w.shape[1:])
 
 
-def label_aware_readout(interests: jax.Array, target_rows: jax.Array) -> jax.Array:
-    """MIND's label-aware attention with p -> infinity (as ComiRec's public code): each example
-    is scored by the interest whose dot product with its target embedding is largest.
+def label_aware_readout(
+    interests: jax.Array,
+    target_rows: jax.Array,
+    power: float = math.inf,
+    active: jax.Array | None = None,
+) -> jax.Array:
+    """MIND's label-aware attention (Li et al., CIKM 2019): the interests weighted by
+    softmax_k(pow(q_k . e, p)) against the target's embedding e, over the active interests.
+
+    p = inf (the default) is the hard readout of MIND's best setting and ComiRec's code: the
+    interest with the largest q_k . e alone (ties: the first), its gradient to that interest only.
+    p = 0 is the mean of the active interests. A finite p > 0 keeps the sign of the score,
+    sign(s) |s|^p (s^p for odd integer p), so a more similar interest always weighs more; the
+    gradient flows through the weights too.
 
     Args:
         interests: [B, K, D].
         target_rows: [B, D] the targets' item embeddings.
+        power: p, 0 or >= 1 (|s|^p has an infinite slope at 0 for 0 < p < 1), or math.inf.
+        active: optional bool [B, K], the interests that take part (at least one per row);
+            None = all.
 
     Returns:
-        [B, D] the chosen interest per example (its gradient flows to that interest only).
+        [B, D] the label-aware query of each example.
     """
     scores = jnp.einsum("bkd,bd->bk", interests, target_rows)
-    chosen = jnp.argmax(jax.lax.stop_gradient(scores), axis=-1)  # [B]
-    return jnp.take_along_axis(interests, chosen[:, None, None], axis=1)[:, 0]
+    if active is None:
+        active = jnp.ones(scores.shape, bool)
+    if math.isinf(power):
+        masked = jnp.where(active, jax.lax.stop_gradient(scores), -jnp.inf)
+        chosen = jnp.argmax(masked, axis=-1)  # [B]
+        return jnp.take_along_axis(interests, chosen[:, None, None], axis=1)[:, 0]
+    if power == 0:
+        logits = jnp.zeros_like(scores)
+    else:
+        logits = jnp.sign(scores) * jnp.abs(scores) ** power
+    weights = masked_softmax(logits, active, axis=-1)  # [B, K]
+    return jnp.einsum("bk,bkd->bd", weights, interests)

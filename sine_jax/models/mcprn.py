@@ -1,31 +1,40 @@
-"""MCPRN: Mixture-Channel Purpose Routing Network (Wang et al., IJCAI 2019), in its simplest
-reading, as a one-query user encoder.
+"""MCPRN: Mixture-Channel Purpose Routing Network (Wang et al., IJCAI 2019), as a user encoder
+whose query scores items through their own purpose weights.
 
 Shape legend: B batch, n history length, K purposes (channels, `model.num_interests`),
 D embedding dim. Histories are left-padded with the padding id 0 (most recent item at n - 1).
 
-Purpose router: each real item t is routed to the K purposes
-  a_tk = softmax_k(x_t . p_k / tau)               P [K, D] purpose embeddings,
+Purpose router (PRN): each item v is routed to the K purposes by
+  c_vk = softmax_k(e_v . p_k / tau)               P [K, D] purpose embeddings,
                                                    tau = `model.mcprn.temperature`
-(a_tk = 0 at padded positions).
+for the history's items (a_tk = c_{x_t}k, 0 at padded positions) and for the candidates.
 
 Purpose-specific recurrent units (PSRU), one channel per purpose with its own weights
 (stacked [K, ...]), hidden size D, h^k_0 = 0, a GRU (Cho et al. form, reset gate applied
-before the recurrent product) whose update is gated by the routing weight:
+before the recurrent product) whose update is gated by the routing weight (the paper's
+concentration gate):
   r = sigmoid(x_t Wx_r^k + h Wh_r^k + b_r^k)
   z = sigmoid(x_t Wx_z^k + h Wh_z^k + b_z^k)
   c = tanh(x_t Wx_c^k + (r * h) Wh_c^k + b_c^k)
   GRU_k(h, x_t) = (1 - z) * h + z * c
   h^k_t = (1 - a_tk) * h^k_{t-1} + a_tk * GRU_k(h^k_{t-1}, x_t)
-(equivalently a GRU whose update gate is a_tk * z, the paper's purpose-weighted update).
-All channels run together in one `lax.scan` over positions; a padded step has a_tk = 0 and
-leaves every channel exactly unchanged, so left padding never changes the output.
+(a GRU whose update gate is a_tk * z). All channels run together in one `lax.scan` over
+positions; a padded step has a_tk = 0 and leaves every channel exactly unchanged, so left
+padding never changes the output.
 
-Multi-purpose session representation: the final states are mixed by the share of the
-session routed to each purpose,
-  w_k = mean over real t of a_tk,   v = sum_k w_k h^k_n     [B, D]
-(an all-padding history gives w = 0 and v = 0). The paper's choices left open here (the
-exact mixing weights, GRU variant, biases) take the simplest reading above.
+Multi-purpose session representation and score: the channels' final states are mixed by the
+candidate item's own purpose weights, s_v = sum_k c_vk h^k_n, and the item scores
+s_v . e_v = sum_k h^k_n . (c_vk e_v). That is an inner product in K D dimensions between the
+query [h^1_n, ..., h^K_n] (`encode`) and the item vector [c_v1 e_v, ..., c_vK e_v]
+(`item_vectors`), so training (sampled or full softmax) and full-ranking evaluation score
+every item exactly as the paper's mixture does. This is the paper's mixture as the public
+re-implementations read it (e.g. github.com/tingyunw/MCPRN: `compute_scores`); mixing with a
+weight per user instead (the session's mean routing weights) tied every candidate to the same
+blend of all purposes and learned the planted data slowly (docs/baselines.md).
+
+Choices where the paper leaves a detail open: one shared item table for the inputs and the
+candidates (as every model here); the framework's loss (sampled softmax) instead of the
+paper's; no threshold on small routing weights (some re-implementations zero a_tk < 0.01).
 
 Initialization: item table by `layers.init_item_table`; P and each channel's input and
 recurrent kernels [D, 3D] Glorot-uniform; biases zero.
@@ -114,20 +123,19 @@ def psru_channels(x_in: jax.Array, a: jax.Array, w_hidden: jax.Array, bias: jax.
     return h
 
 
-def mix_channels(h: jax.Array, a: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """v = sum_k w_k h^k with w_k = mean over real positions of a_tk.
+def candidate_vectors(rows: jax.Array, purposes: jax.Array, temperature: float) -> jax.Array:
+    """The item side of the mixture: [c_1 e, ..., c_K e] with c = softmax_k(e . p_k / tau).
 
     Args:
-        h: [B, K, D] final channel states.
-        a: [B, n, K] routing weights (zero at padding).
-        mask: [B, n] boolean.
+        rows: [..., D] item embeddings e (a zero row, the padding, gives zeros).
+        purposes: [K, D] purpose embeddings P.
+        temperature: tau > 0.
 
     Returns:
-        v: [B, D]; w: [B, K] (sums to 1, or 0 for an all-padding row).
+        [..., K * D], block k = c_k e.
     """
-    count = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1).astype(a.dtype)  # [B, 1]
-    w = jnp.sum(a, axis=1) / count
-    return jnp.einsum("bk,bkd->bd", w, h), w
+    c = jax.nn.softmax(rows @ purposes.T / temperature, axis=-1)  # [..., K]
+    return (c[..., :, None] * rows[..., None, :]).reshape(*rows.shape[:-1], -1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +160,7 @@ def _init_values(
     }
 
 class MCPRN(nnx.Module):
-    """MCPRN user encoder: one query per user.
+    """MCPRN user encoder: one query [K D] per user against the items' `item_vectors`.
 
     Parameters: item_embedding [R, D], purposes [K, D], psru_w_input [K, D, 3D],
     psru_w_hidden [K, D, 3D], psru_bias [K, 3D].
@@ -175,20 +183,24 @@ class MCPRN(nnx.Module):
         self.psru_bias = nnx.Param(values["psru_bias"])
 
     def encode(self, history: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
-        """The query of each user.
+        """The query of each user: its channels' final states side by side.
 
         Args:
             history: int32 [B, n] item ids, 0 = padding, left-padded.
             dropout_rng: at training, the key of the dropout on the history's embeddings.
 
         Returns:
-            [B, D] user vectors.
+            [B, K * D] = [h^1_n, ..., h^K_n] (zeros for an all-padding history); it scores
+            the `item_vectors` of the items.
         """
         mask = history > 0
         x, project = embed_history(self.item_embedding[...], history, self.dropout, dropout_rng)
         a = purpose_routing(x, mask, self.purposes[...], self.temperature)
         w_input = jnp.transpose(self.psru_w_input[...], (1, 0, 2))  # [D, K, 3D]
         x_in = project(w_input)  # [B, n, K, 3D]
-        h = psru_channels(x_in, a, self.psru_w_hidden[...], self.psru_bias[...])
-        v, _ = mix_channels(h, a, mask)
-        return v
+        h = psru_channels(x_in, a, self.psru_w_hidden[...], self.psru_bias[...])  # [B, K, D]
+        return h.reshape(h.shape[0], -1)
+
+    def item_vectors(self, rows: jax.Array) -> jax.Array:
+        """What the queries score: `candidate_vectors` of item rows [..., D] -> [..., K * D]."""
+        return candidate_vectors(rows, self.purposes[...], self.temperature)
