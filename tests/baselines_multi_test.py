@@ -10,10 +10,10 @@ import optax
 import pytest
 from flax import nnx
 
-from configs import default
-from sine_jax import models
+from configs import default, synthetic
+from sine_jax import models, sharding, step
 from sine_jax.errors import ConfigError
-from sine_jax.losses import full_softmax_loss
+from sine_jax.losses import full_softmax_loss, log_uniform_sample, sampled_softmax_loss
 from sine_jax.models import layers
 from sine_jax.models.comirec_sa import ComiRecSA
 from sine_jax.models.layers import Constant
@@ -533,3 +533,51 @@ def test_mcprn_matches_numpy_reference():
 def test_config_validation(cls, field, value):
     with pytest.raises(ConfigError, match=rf"model\.{field}={value!r}"):
         build(cls, **{field: value})
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. The train step scores what the models say (models.training_query, models.item_vectors).
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("name", ["mind", "mcprn"])
+def test_train_step_likelihood_matches_numpy_reference(name, sparse):
+    """The first step's sampled-softmax likelihood, dense or on the gathered rows of
+    row-sparse Adam: MIND's label-aware query with p = 2 over its active interests, MCPRN's
+    channels against the items' purpose-weighted vectors, both formed here in float64."""
+    config = synthetic.get_config()
+    config.model.name = name
+    config.model.embed_dim, config.model.max_seq_len, config.model.num_interests = D, N, K
+    config.model.mind.label_power = 2.0
+    config.loss.negatives_per_example = 2  # S = 8 sampled ids of M = 30
+    config.train.batch_size = B
+    config.train.sparse_item_updates = sparse
+    mesh = sharding.make_mesh(config, jax.devices()[:1])
+    split = step.split_model(config, M, mesh)
+    context, state = step.create_train_state(config, split, total_steps=10)
+    model = split.merge(state.params)  # (before the step donates the state)
+    table = np.asarray(model.item_embedding[...], np.float64)
+    queries = np.asarray(model.encode(jnp.asarray(HISTORY)), np.float64)
+    if name == "mind":
+        active = np.arange(K)[None, :] < np.array(
+            [np_num_interests(n, K) for n in (HISTORY > 0).sum(1)]
+        )[:, None]
+        queries = np_label_aware(queries, table[TARGETS], 2.0, active)
+        vectors = table
+    else:
+        purposes = np.asarray(model.purposes[...], np.float64)
+        c = np_softmax(table @ purposes.T / config.model.mcprn.temperature, axis=1)  # [R, K]
+        vectors = (c[:, :, None] * table[:, None, :]).reshape(len(table), K * D)
+    _, metrics = step.make_step_fn(context, config)(
+        state, {"history": jnp.asarray(HISTORY), "target": jnp.asarray(TARGETS)}
+    )
+    # The negatives the step drew: its base key (train.seed + 1) folded with step 0.
+    sampled = log_uniform_sample(
+        jax.random.fold_in(jax.random.key(config.train.seed + 1), 0), 8, M
+    )
+    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    want = sampled_softmax_loss(
+        f32(queries), f32(vectors[TARGETS]), f32(vectors[np.asarray(sampled)]),
+        jnp.asarray(TARGETS), sampled, M,
+    ).mean()
+    np.testing.assert_allclose(float(metrics["likelihood"]), float(want), rtol=1e-5)
