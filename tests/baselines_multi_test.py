@@ -18,6 +18,7 @@ from sine_jax.models import layers
 from sine_jax.models.comirec_sa import ComiRecSA
 from sine_jax.models.layers import Constant
 from sine_jax.models.mcprn import MCPRN
+from sine_jax.models import mind as mind_lib
 from sine_jax.models.mind import MIND, active_interests, dynamic_routing
 
 D, N, K, M, B = 8, 5, 3, 30, 4
@@ -238,13 +239,14 @@ def np_sigmoid(x):
 
 def np_mind_routing(u_hat, mask, b0, iterations, num_active=None):
     """MIND's B2I routing for one user at a time, float64 loops; user b routes to its first
-    num_active[b] capsules (all K when None), the others stay zero."""
+    num_active[b] capsules (all K when None), the others stay zero. b0: [K, n] shared, or
+    [B, K, n] one start per user."""
     batch, n, d = u_hat.shape
-    k = b0.shape[0]
+    k = b0.shape[-2]
     out = np.zeros((batch, k, d))
     for user in range(batch):
         kk = k if num_active is None else num_active[user]
-        b = b0.astype(np.float64).copy()
+        b = (b0[user] if b0.ndim == 3 else b0).astype(np.float64).copy()
         for r in range(iterations):
             w = np.zeros((k, n))
             w[:kk] = np_softmax(b[:kk], axis=0) * mask[user][None, :]
@@ -407,6 +409,30 @@ def test_label_aware_readout_matches_numpy_reference(power):
     assert np.abs(np.asarray(grads[0])[~active]).max() == 0.0
 
 
+def test_mind_training_draws_a_fresh_routing_start_per_example():
+    """With the step's key, b0 is a truncated-normal draw [B, K, n] (the paper's Algorithm 1
+    draws it inside the routing; ComiRec per batch), from the key folded with ROUTING_STREAM."""
+    model = build(MIND, **{"mind.dynamic_interests": False})
+    randomize(model, seed=5)
+    key = jax.random.key(11)
+    b0 = jax.random.truncated_normal(
+        jax.random.fold_in(key, mind_lib.ROUTING_STREAM), -2.0, 2.0, (B, K, N)
+    )
+    b0 = np.asarray(b0, np.float64)
+    table = np.asarray(model.item_embedding[...], np.float64)
+    mask = HISTORY > 0
+    u_hat = (table[HISTORY] * mask[..., None]) @ np.asarray(model.bilinear[...], np.float64)
+    v = np_mind_routing(u_hat, mask, b0, 3)
+    expected = np.maximum(
+        v @ np.asarray(model.proj_kernel[...], np.float64) + np.asarray(model.proj_bias[...]), 0.0
+    )
+    history = jnp.asarray(HISTORY)
+    got = np.asarray(model.encode(history, key))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(np.asarray(model.encode(history, jax.random.key(12))) - got).max() > 1e-4
+    assert np.abs(np.asarray(model.encode(history)) - got).max() > 1e-4  # evaluation: fixed
+
+
 def test_mind_routing_start_is_fixed_and_gradient_flows_through_last_iteration():
     model = base_model(MIND)
     b0 = np.asarray(model.routing_logits[...])
@@ -557,7 +583,9 @@ def test_train_step_likelihood_matches_numpy_reference(name, sparse):
     context, state = step.create_train_state(config, split, total_steps=10)
     model = split.merge(state.params)  # (before the step donates the state)
     table = np.asarray(model.item_embedding[...], np.float64)
-    queries = np.asarray(model.encode(jnp.asarray(HISTORY)), np.float64)
+    base_key = jax.random.key(config.train.seed + 1)  # the step's, folded with step 0
+    train_key = jax.random.fold_in(jax.random.fold_in(base_key, step.DROPOUT_STREAM), 0)
+    queries = np.asarray(model.encode(jnp.asarray(HISTORY), train_key), np.float64)
     if name == "mind":
         active = np.arange(K)[None, :] < np.array(
             [np_num_interests(n, K) for n in (HISTORY > 0).sum(1)]
@@ -571,10 +599,7 @@ def test_train_step_likelihood_matches_numpy_reference(name, sparse):
     _, metrics = step.make_step_fn(context, config)(
         state, {"history": jnp.asarray(HISTORY), "target": jnp.asarray(TARGETS)}
     )
-    # The negatives the step drew: its base key (train.seed + 1) folded with step 0.
-    sampled = log_uniform_sample(
-        jax.random.fold_in(jax.random.key(config.train.seed + 1), 0), 8, M
-    )
+    sampled = log_uniform_sample(jax.random.fold_in(base_key, 0), 8, M)  # its negatives
     f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
     want = sampled_softmax_loss(
         f32(queries), f32(vectors[TARGETS]), f32(vectors[np.asarray(sampled)]),

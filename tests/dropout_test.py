@@ -93,5 +93,7 @@ def test_every_model_drops_out_at_training_only(name):
     np.testing.assert_array_equal(first, again)  # reproducible for a key
     assert np.abs(first - plain).max() > 1e-4  # a key changes the output ...
     assert np.abs(first - other).max() > 1e-4  # ... and so does another key
+    if name == "mind":  # it also draws its routing-logit start from the key at training
+        return
     plain0, keyed0, _, _ = _outputs(name, 0.0)
     np.testing.assert_allclose(keyed0, plain0, rtol=1e-6, atol=1e-6)  # rate 0: no dropout
