@@ -15,10 +15,10 @@ from sine_jax import models, sharding, step
 from sine_jax.errors import ConfigError
 from sine_jax.losses import full_softmax_loss, log_uniform_sample, sampled_softmax_loss
 from sine_jax.models import layers
+from sine_jax.models import mind as mind_lib
 from sine_jax.models.comirec_sa import ComiRecSA
 from sine_jax.models.layers import Constant
 from sine_jax.models.mcprn import MCPRN
-from sine_jax.models import mind as mind_lib
 from sine_jax.models.mind import MIND, active_interests, dynamic_routing
 
 D, N, K, M, B = 8, 5, 3, 30, 4

@@ -28,9 +28,10 @@ s_v . e_v = sum_k h^k_n . (c_vk e_v). That is an inner product in K D dimensions
 query [h^1_n, ..., h^K_n] (`encode`) and the item vector [c_v1 e_v, ..., c_vK e_v]
 (`item_vectors`), so training (sampled or full softmax) and full-ranking evaluation score
 every item exactly as the paper's mixture does. This is the paper's mixture as the public
-re-implementations read it (e.g. github.com/tingyunw/MCPRN: `compute_scores`); mixing with a
-weight per user instead (the session's mean routing weights) tied every candidate to the same
-blend of all purposes and learned the planted data slowly (docs/baselines.md).
+re-implementations read it (e.g. github.com/tingyunw/MCPRN: `compute_scores`); mixing with one
+weight vector per user instead (the session's mean routing weights) scores every candidate
+against the same blend of all purposes: 0.670 test HR@10 on the synthetic data against
+0.777 (docs/baselines.md).
 
 Choices where the paper leaves a detail open: one shared item table for the inputs and the
 candidates (as every model here); the framework's loss (sampled softmax) instead of the
