@@ -88,9 +88,9 @@ def get_config() -> config_dict.ConfigDict:
     model.caser.markov_order = 5  # L: Caser sees the most recent L <= n items (Caser paper: 5)
     model.mind = config_dict.ConfigDict()
     model.mind.routing_iterations = 3  # behaviour-to-interest routing iterations (MIND: 3)
-    # p of MIND's label-aware attention softmax_k(pow(q_k . e, p)) at training: inf = the
-    # interest nearest the target (the MIND paper's best setting), 0 = the mean, or >= 1.
-    model.mind.label_power = float("inf")
+    # p of MIND's label-aware attention softmax_k(pow(q_k . e, p)) at training: None = p -> inf,
+    # the interest nearest the target (the MIND paper's best setting); 0 = the mean; or >= 1.
+    model.mind.label_power = config_dict.placeholder(float)
     # K'_u = max(1, min(K, floor(log2 |history|))) active interests (MIND paper); False: K.
     model.mind.dynamic_interests = True
     model.mcprn = config_dict.ConfigDict()

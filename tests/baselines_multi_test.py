@@ -345,8 +345,8 @@ def test_mind_training_query_is_label_aware_attention_over_active_interests():
     interests = rng.normal(size=(B, K, D))
     targets = rng.normal(size=(B, D))
     active = np.arange(K)[None, :] < np.array([2, 1, 1, 1])[:, None]
-    for power in (math.inf, 0.0, 2.0):
-        model = build(MIND, **{"mind.label_power": power})
+    for field, power in ((None, math.inf), (0.0, 0.0), (2.0, 2.0)):  # None: the default
+        model = build(MIND, **{"mind.label_power": field})
         got = models.training_query(
             model, jnp.asarray(interests, jnp.float32), jnp.asarray(targets, jnp.float32),
             history,

@@ -26,8 +26,8 @@ then each interest goes through one ReLU layer, relu(v_k W + c), the paper's "Re
 
 Label-aware attention at training: the query of an example is
 sum_k softmax_k(pow(q_k . e, p)) q_k over the active interests, e the target's embedding
-(`layers.label_aware_readout`), p = `model.mind.label_power`. The default p = inf (hard
-attention: the interest nearest the target) is the paper's best setting: in its "Analysis of
+(`layers.label_aware_readout`), p = `model.mind.label_power`. The default (None) is
+p = inf, hard attention (the interest nearest the target), the paper's best setting: in its "Analysis of
 Hyper-parameters" ("Power number in label-aware attention") the results improve as p grows
 and hard attention performs best and converges fastest; p = 0 (the mean) is worst. ComiRec's
 code uses hard attention too. At evaluation each active interest retrieves and an item
@@ -171,12 +171,14 @@ def relu_projection(v: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Arr
 
 
 def label_power(value) -> float:
-    """`model.mind.label_power` checked: 0, a number >= 1, or inf."""
+    """p of `model.mind.label_power`: None -> inf (hard attention), else 0 or a number >= 1."""
+    if value is None:
+        return math.inf
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or not (value == 0 or value >= 1):
         raise ConfigError(
-            f"model.mind.label_power={value!r} must be 0, a number >= 1, or inf "
-            "(the hard readout)"
+            f"model.mind.label_power={value!r} must be None (hard attention, the paper's "
+            "best), 0 or a number >= 1"
         )
     return float(value)
 
@@ -214,7 +216,7 @@ class MIND(nnx.Module):
         n = require_int("max_seq_len", model_config.get("max_seq_len"), 1)
         mind = model_config.get("mind") or {}
         self.iterations = require_int("mind.routing_iterations", mind.get("routing_iterations"), 1)
-        self.label_power = label_power(mind.get("label_power", math.inf))
+        self.label_power = label_power(mind.get("label_power"))
         dynamic = mind.get("dynamic_interests", True)
         if not isinstance(dynamic, bool):
             raise ConfigError(f"model.mind.dynamic_interests={dynamic!r} must be True or False")
