@@ -14,7 +14,8 @@ import numpy as np
 
 from sine_jax import metrics, sharding
 
-# (params, history [B, n]) -> (queries [B, D] or [B, K, D], item table [R, D]).
+# (params, history [B, n]) -> (queries [B, D] or [B, K, D], the item vectors they score
+# [R, D]: the item table, or a model's `item_vectors` of it, `models.item_vectors`).
 QueriesAndTableFn = Callable[[object, jax.Array], tuple[jax.Array, jax.Array]]
 
 
