@@ -263,18 +263,27 @@ def np_mind_routing(u_hat, mask, b0, iterations, num_active=None):
     return out
 
 
+def mind_arrays(model):
+    """MIND's parameters in float64 and the histories' mapped behaviours u_hat = x S."""
+    arrays = {
+        name: np.asarray(getattr(model, name)[...], np.float64)
+        for name in ("item_embedding", "bilinear", "proj_kernel", "proj_bias", "routing_logits")
+    }
+    mask = HISTORY > 0
+    arrays["u_hat"] = (arrays["item_embedding"][HISTORY] * mask[..., None]) @ arrays["bilinear"]
+    return arrays
+
+
+def np_relu_projection(v, arrays):
+    return np.maximum(v @ arrays["proj_kernel"] + arrays["proj_bias"], 0.0)
+
+
 def test_mind_matches_numpy_reference():
     """All K capsules active (model.mind.dynamic_interests=False)."""
     model = build(MIND, **{"mind.dynamic_interests": False})
     randomize(model, seed=4)
-    table = np.asarray(model.item_embedding[...], np.float64)
-    s = np.asarray(model.bilinear[...], np.float64)
-    kernel = np.asarray(model.proj_kernel[...], np.float64)
-    bias = np.asarray(model.proj_bias[...], np.float64)
-    b0 = np.asarray(model.routing_logits[...], np.float64)
-    mask = HISTORY > 0
-    x = table[HISTORY] * mask[..., None]
-    u_hat = x @ s
+    arrays = mind_arrays(model)
+    u_hat, b0, mask = arrays["u_hat"], arrays["routing_logits"], HISTORY > 0
     v = np_mind_routing(u_hat, mask, b0, iterations=3)
     np.testing.assert_allclose(
         dynamic_routing(jnp.asarray(u_hat, jnp.float32), jnp.asarray(mask), b0, 3),
@@ -282,7 +291,7 @@ def test_mind_matches_numpy_reference():
         rtol=1e-5,
         atol=1e-6,
     )
-    expected = np.maximum(v @ kernel + bias, 0.0)
+    expected = np_relu_projection(v, arrays)
     np.testing.assert_allclose(encode(model, jnp.asarray(HISTORY)), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -306,15 +315,11 @@ def test_mind_dynamic_interests_match_numpy_reference():
     of the first, so that max over the K scores is max over the active ones."""
     model = build(MIND)  # dynamic_interests=True by default (the paper)
     randomize(model, seed=4)
-    table = np.asarray(model.item_embedding[...], np.float64)
-    s = np.asarray(model.bilinear[...], np.float64)
-    kernel = np.asarray(model.proj_kernel[...], np.float64)
-    bias = np.asarray(model.proj_bias[...], np.float64)
-    b0 = np.asarray(model.routing_logits[...], np.float64)
-    mask = HISTORY > 0
+    arrays = mind_arrays(model)
+    u_hat, b0, mask = arrays["u_hat"], arrays["routing_logits"], HISTORY > 0
+    table = arrays["item_embedding"]
     num_active = [np_num_interests(n, K) for n in mask.sum(1)]
     assert num_active == [2, 1, 1, 1]
-    u_hat = (table[HISTORY] * mask[..., None]) @ s
     v = np_mind_routing(u_hat, mask, b0, 3, num_active)
     active = np.arange(K)[None, :] < np.asarray(num_active)[:, None]
     np.testing.assert_allclose(
@@ -324,7 +329,7 @@ def test_mind_dynamic_interests_match_numpy_reference():
         rtol=1e-5,
         atol=1e-6,
     )
-    interests = np.maximum(v @ kernel + bias, 0.0)
+    interests = np_relu_projection(v, arrays)
     expected = np.where(active[..., None], interests, interests[:, :1])
     got = encode(model, jnp.asarray(HISTORY))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
@@ -418,14 +423,9 @@ def test_mind_training_draws_a_fresh_routing_start_per_example():
     b0 = jax.random.truncated_normal(
         jax.random.fold_in(key, mind_lib.ROUTING_STREAM), -2.0, 2.0, (B, K, N)
     )
-    b0 = np.asarray(b0, np.float64)
-    table = np.asarray(model.item_embedding[...], np.float64)
-    mask = HISTORY > 0
-    u_hat = (table[HISTORY] * mask[..., None]) @ np.asarray(model.bilinear[...], np.float64)
-    v = np_mind_routing(u_hat, mask, b0, 3)
-    expected = np.maximum(
-        v @ np.asarray(model.proj_kernel[...], np.float64) + np.asarray(model.proj_bias[...]), 0.0
-    )
+    arrays = mind_arrays(model)
+    v = np_mind_routing(arrays["u_hat"], HISTORY > 0, np.asarray(b0, np.float64), 3)
+    expected = np_relu_projection(v, arrays)
     history = jnp.asarray(HISTORY)
     got = np.asarray(model.encode(history, key))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
