@@ -47,9 +47,7 @@ Choices where the paper leaves a detail open (ComiRec's code unless said otherwi
   so, afresh for every example and step (from the step's key, `encode`'s `dropout_rng`). At
   evaluation and serving, where the paper is silent, b0 is one fixed draw of the same
   distribution made at construction ([K, max_seq_len], shared by all users, a `Constant`,
-  its columns aligned to the most recent item), so `encode` is deterministic. Trained on
-  that one draw instead, the routing leans on it as a positional prior: 0.474 test HR@10 on
-  the synthetic data against 0.503 with fresh draws (docs/baselines.md).
+  its columns aligned to the most recent item), so `encode` is deterministic.
 * R = `model.mind.routing_iterations` (3, as ComiRec). The squash's 1e-9 keeps it finite at
   z = 0 (an all-padding history gives v = 0).
 * A finite p keeps the score's sign, sign(s)|s|^p (the paper's pow is s^p, which for even p
