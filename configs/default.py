@@ -4,7 +4,7 @@ Every dataset config starts from `get_config()` and overrides a few fields. Any 
 be overridden on the command line, e.g.
 
   python -m sine_jax.main --config=configs/movielens.py --workdir=runs/ml1m \
-      --config.data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat \
+      --config.data.path=data/ml-1m/ratings.dat \
       --config.model.num_interests=8
 
 Symbols are the paper's: D, n, K, L, lambda, tau. "reference code" is the authors'
@@ -69,7 +69,7 @@ def get_config() -> config_dict.ConfigDict:
     model.aggregation = config_dict.placeholder(str)  # eqs 7-8: temperature | dense_concat
     model.positional_in_concept_attention = config_dict.placeholder(bool)  # eq 1 input + pos-emb
     # Beyond the paper: the history's X_t from an input table of its own (separate) or from the
-    # scored item table (shared: paper and reference code). See docs/results.md.
+    # scored item table (shared: paper and reference code). See docs/results-4epochs.md.
     model.input_table = config_dict.placeholder(str)
     # Eqs 3 and 7: printed (the product of two LayerNorm'd vectors as printed, about D x their
     # cosine, which makes both softmaxes one-hot) | cosine (divided by D).

@@ -3,7 +3,7 @@ lambda=0.5, 5 x B sampled negatives, with the model's default preset: the paper'
 and eq 3's cosine assignment, the one deviation that passed the decision rule (+1.71
 / +1.20 points of validation HR@10 on the ML-1M subset / ML-100K, 3 paired seeds; test HR@10
 25.90 on the ML-1M subset); `--config.model.preset=paper` trains the equations as printed (24.64).
-`tuned`: the paper preset plus what docs/results.md found to narrow the gap to the
+`tuned`: the paper preset plus what docs/results-4epochs.md found to narrow the gap to the
 single-vector baselines when history items are ranked (the public ports' protocol): a
 separate input table and a cosine learning-rate decay: 24.07 test HR@10 on the ML-1M subset
 (3 seeds), above GRU4Rec's 23.62.
@@ -17,11 +17,8 @@ movies.dat, which gives titles and genres); `ml-100k` installs data/ml-100k/u.da
       --config.data.path=data/ml-1m/ratings.dat
   python -m sine_jax.data.fetch ml-100k
   python -m sine_jax.data.fetch ml-latest-small
-  python -m sine_jax.main --config=configs/movielens.py --workdir=runs/ml1m \
-      --config.data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat
   python -m sine_jax.main --config=configs/movielens.py:tuned --workdir=runs/ml1m_tuned \
-      --config.data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat \
-      --config.eval.mask_history=False
+      --config.data.path=data/ml-1m/ratings.dat --config.eval.mask_history=False
 """
 
 from configs import default
@@ -50,7 +47,7 @@ def get_config(preset: str = "paper"):
         config.eval.every_steps = 1000
         # The history read from its own input table: with the paper's shared table the user
         # vector, a mixture of the history's rows, scores those same movies highest, which
-        # costs most when they are ranked (docs/results.md, "Beyond the paper").
+        # costs most when they are ranked (docs/results-4epochs.md, "Beyond the paper").
         config.model.input_table = "separate"
         # Adam's step size decays to 0 over the 4 epochs: the best checkpoint comes earlier
         # and generalises better (+0.95 points of test HR@10 over no decay, 3 seeds).
