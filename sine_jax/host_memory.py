@@ -5,7 +5,7 @@ default glibc serves blocks above 128 KiB with mmap and gives them back with mun
 trims the heap top, so every step page-faults its buffers in again: on a 2-core machine a
 SINE step at batch 128 spent a third of its time in the kernel (1.1M minor faults in 100
 steps). Keeping such blocks in the heap removed most faults and made the step about 1.5x
-faster (see docs/results.md). XLA's worker threads allocate too, and glibc gives each
+faster (see docs/results-4epochs.md, "Training throughput"). XLA's worker threads allocate too, and glibc gives each
 thread an arena of 64 MiB heaps that serves larger blocks with mmap whatever the threshold:
 one arena for all threads removed most of the remaining faults (1.67M -> 0.31M in 32 steps
 at batch 1024) and made that step 1.3x faster (docs/benchmarks.md). Nothing changes where

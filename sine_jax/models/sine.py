@@ -9,7 +9,7 @@ owns the parameters and composes them according to `SineOptions`. Three presets:
 
 * "default": the paper's equations with the deviations that passed the decision rule
   (at least +0.5 points of mean validation HR@10 over 3 seeds on both the ML-1M subset
-  and ML-100K; docs/results.md): eq 3's cosine assignment (+0.80 and +1.20 points).
+  and ML-100K; docs/results-4epochs.md): eq 3's cosine assignment (+0.80 and +1.20 points).
 * "paper": the equations as printed.
 * "official": the choices of the authors' TensorFlow code (`Qiaoyut/SINE`, `model.py`,
   `Model_SINE`), one switch each; see `SineOptions` for what each switch does and how the
@@ -405,7 +405,7 @@ class SineOptions:
             the rows of the item table that eq 9 scores, so v, a mixture of the history's
             rows, scores those very items highly; "separate": an input table of its own
             (`input_embedding` [R, D]); the item table then only scores. Beyond the paper
-            (docs/results.md: what ranking the history costs); dense item updates only.
+            (docs/results-4epochs.md: what ranking the history costs); dense item updates only.
         logit_scale: the products of LayerNorm'd vectors in eq 3 (assignment "layernorm")
             and eq 7 (aggregation "temperature"). "printed": as printed, about D times the
             cosine the paper describes, so that both softmaxes are one-hot from the first
@@ -462,7 +462,7 @@ class SineOptions:
 
 
 # The deviations from the printed equations that passed the decision rule, with the paired
-# gain in mean validation HR@10 over 3 seeds (docs/results.md, "Each ambiguity switch").
+# gain in mean validation HR@10 over 3 seeds (docs/results-4epochs.md, "Each ambiguity switch").
 ADOPTED = {
     "assignment": "cosine",  # +0.80 points on the ML-1M subset, +1.20 on ML-100K
 }
