@@ -78,7 +78,8 @@ def get_config() -> config_dict.ConfigDict:
     model.output_projection = config_dict.placeholder(bool)
     # Beyond the paper: causal self-attention blocks (SASRec's) over the history before eq 1.
     model.encoder_blocks = config_dict.placeholder(int)
-    # Baselines' own fields (they also read embed_dim, max_seq_len and num_interests).
+    # Baselines' own fields: model.NAME.* is read by the model called NAME only (each also
+    # reads embed_dim, max_seq_len and num_interests).
     model.sasrec = config_dict.ConfigDict()
     model.sasrec.num_blocks = 2  # self-attention blocks (SASRec paper: 2)
     model.sasrec.num_heads = 1  # attention heads (SASRec paper: 1)

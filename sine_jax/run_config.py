@@ -81,8 +81,9 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # Fields a newer version added with a value that keeps the old behaviour: a config recorded
-# before the field existed is the same config when the field has this value.
-ADDED_FIELDS = {"train.weight_decay": 0.0}
+# before the field existed is the same config when the field has this value, and reading
+# such a record (`recorded_config`) gives the field this value.
+ADDED_FIELDS = {"train.weight_decay": 0.0, "model.mind.dynamic_interests": False}
 
 
 def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -90,15 +91,26 @@ def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
     A field that a newer version added as an unset switch (None: keep the old behaviour), or
     with its ADDED_FIELDS value, is not a difference from a config recorded before it existed.
+    `model.NAME.*` holds the fields of the model called NAME only: when both configs train
+    another model, those fields are not compared.
     """
     old_flat, new_flat = flatten(old), flatten(new)
     names = sorted(set(old_flat) | set(new_flat))
+    model = old_flat.get("model.name")
+    same_model = model is not None and model == new_flat.get("model.name")
     return [
         n for n in names
         if n not in RESUMABLE_FIELDS and not n.startswith(RESUMABLE_PREFIXES)
         and old_flat.get(n, "<absent>") != new_flat.get(n, "<absent>")
         and not (n not in old_flat and new_flat[n] in (None, ADDED_FIELDS.get(n)))
+        and not (same_model and _other_model_field(n, model))
     ]
+
+
+def _other_model_field(name: str, model: str) -> bool:
+    """Whether `name` is a field of a model's own group (model.GROUP.FIELD) other than `model`."""
+    parts = name.split(".")
+    return len(parts) == 3 and parts[0] == "model" and parts[1] != model
 
 
 def changes(old: dict[str, Any], new: dict[str, Any], fields: list[str]) -> list[str]:
@@ -135,7 +147,8 @@ def recorded_config(workdir: str, schema: config_dict.ConfigDict) -> config_dict
     """WORKDIR/config.json as a ConfigDict of `schema`'s types: its lists become tuples where
     the schema has a tuple, its nulls stay None placeholders of the schema's type (so that a
     `--config.FIELD=VALUE` override parses as for the config file), and a field that the
-    record lacks (added since) keeps the schema's value. `schema` is changed and returned.
+    record lacks (added since) keeps the schema's value, or its ADDED_FIELDS value (the
+    behaviour the run was trained with). `schema` is changed and returned.
 
     Raises:
         SineError: WORKDIR has no config.json, it is unreadable, or a recorded field is not
@@ -146,7 +159,10 @@ def recorded_config(workdir: str, schema: config_dict.ConfigDict) -> config_dict
     if recorded is None:
         raise SineError(f"{path}: no such file (no run was started in {workdir}); give the "
                         f"--config that trains it")
-    for name, value in flatten(recorded).items():
+    recorded_flat = flatten(recorded)
+    for name, value in ADDED_FIELDS.items():  # added since: the value of the old behaviour
+        recorded_flat.setdefault(name, value)
+    for name, value in recorded_flat.items():
         *groups, field = name.split(".")
         parent = schema
         for group in groups:

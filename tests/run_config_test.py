@@ -195,17 +195,51 @@ def test_every_preset_round_trips_through_the_recorded_config(tmp_path):
             restored.model.encoder_blocks = "two"
 
 
-def test_a_field_added_since_the_run_keeps_the_schemas_value(tmp_path):
+def test_a_field_added_since_the_run_reads_as_the_behaviour_it_trained_with(tmp_path):
+    """Absent from the record: an added switch keeps the schema's value; a field with an old
+    behaviour value (weight decay, MIND's dynamic interests) gets that value, not the new
+    default, so eval and export rebuild the model that was trained."""
     from configs import default
 
     config = synthetic.get_config()
+    config.model.name = "mind"
     run_config.check_or_record(config, str(tmp_path), allow_change=False)
     recorded = json.loads((tmp_path / "config.json").read_text())
     del recorded["train"]["weight_decay"]
+    del recorded["model"]["mind"]["dynamic_interests"]
+    del recorded["model"]["output_projection"]
     (tmp_path / "config.json").write_text(json.dumps(recorded))
     schema = default.get_config()
     schema.train.weight_decay = 0.5
-    assert run_config.recorded_config(str(tmp_path), schema).train.weight_decay == 0.5
+    schema.model.output_projection = True
+    assert schema.model.mind.dynamic_interests
+    restored = run_config.recorded_config(str(tmp_path), schema)
+    assert restored.train.weight_decay == 0.0
+    assert restored.model.mind.dynamic_interests is False
+    assert restored.model.output_projection is True
+
+
+def test_another_models_own_fields_do_not_block_a_run(tmp_path):
+    """A SINE run recorded before model.mind.dynamic_interests existed resumes and restores
+    under the new default (True); a MIND run recorded then does not (it trained with K)."""
+    for name, blocked in [("sine", False), ("mind", True)]:
+        workdir = str(tmp_path / name)
+        os.makedirs(workdir)
+        config = synthetic.get_config()
+        config.model.name = name
+        run_config.check_or_record(config, workdir, allow_change=False)
+        recorded = json.loads((tmp_path / name / "config.json").read_text())
+        del recorded["model"]["mind"]["dynamic_interests"]
+        (tmp_path / name / "config.json").write_text(json.dumps(recorded))
+        assert config.model.mind.dynamic_interests is True
+        if blocked:
+            with pytest.raises(SineError, match="model.mind.dynamic_interests: '<absent>' -> True"):
+                run_config.check_model_matches(config, workdir)
+        else:
+            run_config.check_model_matches(config, workdir)
+            run_config.check_or_record(config, workdir, allow_change=False)
+    config.model.name = "sine"  # the model itself changed: every field of it compares
+    assert "model.name" in run_config.differing_fields(recorded, config.to_dict())
 
 
 @pytest.mark.parametrize("edit, message", [
