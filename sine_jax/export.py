@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 from ml_collections import config_dict
 
-from sine_jax import serving, step, train
+from sine_jax import run_config, serving, step, train
 from sine_jax import workdir as workdir_lib
 from sine_jax.data import pipeline
 from sine_jax.errors import ConfigError
@@ -229,7 +229,7 @@ def _write_files(
         "index": index_info,
         "best_step": trained.best_step,
         "metrics": _run_metrics(workdir),
-        "config": config.to_dict(),
+        "config": run_config.with_resolved_switches(config.to_dict()),
         "environment": workdir_lib.environment(),
     }
     workdir_lib.write_json_atomic(os.path.join(tmp, serving.MANIFEST), manifest)

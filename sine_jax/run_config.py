@@ -86,15 +86,41 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 ADDED_FIELDS = {"train.weight_decay": 0.0, "model.mind.dynamic_interests": False}
 
 
+def with_resolved_switches(config: dict[str, Any], *, recorded: bool = False) -> dict[str, Any]:
+    """`config` (as a dict) with SINE's switch fields (`model.*`, None = the preset's value)
+    replaced by the values the model resolves them to, so that a record names the model a run
+    trained even after a preset changes meaning; other models' configs are returned as given.
+
+    `recorded`: `config` is a WORKDIR/config.json, whose unset switches mean what the presets
+    meant before runs recorded them resolved (`sine.RECORDED_BEFORE_RESOLVING`). A config
+    that does not resolve (a bad preset or switch value) is returned as given; its checks
+    name the field.
+    """
+    from sine_jax.models import sine  # jax and flax are loaded only when a config is compared
+
+    model = config.get("model")
+    if not isinstance(model, dict) or model.get("name", "sine") not in sine.SINE_NAMES:
+        return config
+    presets = sine.RECORDED_BEFORE_RESOLVING if recorded else sine.PRESETS
+    try:
+        switches = sine.resolved_switches(model, presets)
+    except (ConfigError, TypeError):
+        return config
+    return {**config, "model": {**model, **switches}}
+
+
 def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Fields (dotted names) whose values differ, run-length and export fields excepted.
+    """Fields (dotted names) whose values differ between a recorded config `old` and a config
+    `new`, run-length and export fields excepted, SINE's switches compared as resolved (an
+    unset switch is its preset's value; see `with_resolved_switches`).
 
     A field that a newer version added as an unset switch (None: keep the old behaviour), or
     with its ADDED_FIELDS value, is not a difference from a config recorded before it existed.
     `model.NAME.*` holds the fields of the model called NAME only: when both configs train
     another model, those fields are not compared.
     """
-    old_flat, new_flat = flatten(old), flatten(new)
+    old_flat = flatten(with_resolved_switches(old, recorded=True))
+    new_flat = flatten(with_resolved_switches(new))
     names = sorted(set(old_flat) | set(new_flat))
     model = old_flat.get("model.name")
     same_model = model is not None and model == new_flat.get("model.name")
@@ -114,8 +140,10 @@ def _other_model_field(name: str, model: str) -> bool:
 
 
 def changes(old: dict[str, Any], new: dict[str, Any], fields: list[str]) -> list[str]:
-    """'field: old -> new' (values as repr, '<absent>' where missing) for each of `fields`."""
-    old_flat, new_flat = flatten(old), flatten(new)
+    """'field: old -> new' (values as repr, '<absent>' where missing, switches resolved as
+    `differing_fields` compares them) for each of `fields`."""
+    old_flat = flatten(with_resolved_switches(old, recorded=True))
+    new_flat = flatten(with_resolved_switches(new))
     return [f"{n}: {old_flat.get(n, '<absent>')!r} -> {new_flat.get(n, '<absent>')!r}"
             for n in fields]
 
@@ -159,7 +187,7 @@ def recorded_config(workdir: str, schema: config_dict.ConfigDict) -> config_dict
     if recorded is None:
         raise SineError(f"{path}: no such file (no run was started in {workdir}); give the "
                         f"--config that trains it")
-    recorded_flat = flatten(recorded)
+    recorded_flat = flatten(with_resolved_switches(recorded, recorded=True))
     for name, value in ADDED_FIELDS.items():  # added since: the value of the old behaviour
         recorded_flat.setdefault(name, value)
     for name, value in recorded_flat.items():
@@ -220,7 +248,7 @@ def check_model_matches(config: config_dict.ConfigDict, workdir: str) -> None:
     current = json.loads(config.to_json())
     fields = [n for n in differing_fields(recorded, current) if n.startswith("model.")][:5]
     if fields:
-        old = flatten(recorded)
+        old = flatten(with_resolved_switches(recorded, recorded=True))
         fixes = " ".join(f"--config.{n}={old[n]}" for n in fields if n in old)
         shown = ", ".join(changes(recorded, current, fields))
         raise SineError(f"{workdir} trained another model ({shown}; "
@@ -229,7 +257,8 @@ def check_model_matches(config: config_dict.ConfigDict, workdir: str) -> None:
 
 
 def check_or_record(config: config_dict.ConfigDict, workdir: str, *, allow_change: bool) -> None:
-    """Refuses a config that differs from the workdir's recorded one; records it otherwise."""
+    """Refuses a config that differs from the workdir's recorded one; records it otherwise,
+    SINE's switches resolved (`with_resolved_switches`)."""
     new = json.loads(config.to_json())
     old = read_recorded(workdir)
     if old is not None:
@@ -241,7 +270,7 @@ def check_or_record(config: config_dict.ConfigDict, workdir: str, *, allow_chang
                 f"{workdir} was started with another config ({shown}{more}); use a new "
                 f"--workdir, or pass --allow_config_change to resume with the new values"
             )
-    write_json_atomic(os.path.join(workdir, CONFIG_FILE), new)
+    write_json_atomic(os.path.join(workdir, CONFIG_FILE), with_resolved_switches(new))
 
 
 def fingerprint(path: str, recorded: dict[str, Any] | None = None) -> dict[str, Any]:

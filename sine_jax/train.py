@@ -386,7 +386,7 @@ def _results(
         "test": test,
         "valid": valid,
         "best_step": best_step,
-        "config": config.to_dict(),
+        "config": run_config.with_resolved_switches(config.to_dict()),
         "data": {
             "users": data.num_users,
             "items": data.num_items,

@@ -1,6 +1,7 @@
 """A rerun on a workdir must use the config and input content it was started with (run
 length aside)."""
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -57,17 +58,24 @@ def test_other_changes_are_refused_with_the_fields_named(tmp_path):
     assert recorded["model"]["num_interests"] == 2
 
 
-def test_placeholder_switches_compare_by_value(tmp_path):
+def test_placeholder_switches_compare_by_resolved_value(tmp_path):
+    """An unset switch is its preset's value: setting it to that value is the same model."""
+    from sine_jax.models import sine
+
     config = synthetic.get_config()
     run_config.check_or_record(config, str(tmp_path), allow_change=False)
-    config.model.assignment = "cosine"
-    with pytest.raises(SineError, match="model.assignment: None -> 'cosine'"):
+    preset_value = sine.PRESETS[config.model.preset].assignment
+    config.model.assignment = preset_value
+    run_config.check_or_record(config, str(tmp_path), allow_change=False)
+    other = "layernorm" if preset_value == "cosine" else "cosine"
+    config.model.assignment = other
+    with pytest.raises(SineError, match=f"model.assignment: '{preset_value}' -> '{other}'"):
         run_config.check_or_record(config, str(tmp_path), allow_change=False)
 
 
 def test_a_switch_added_since_the_run_started_resumes_while_unset(tmp_path):
     """A workdir recorded before model.input_table existed resumes with it unset (None keeps
-    the old behaviour), and not with it set."""
+    the old behaviour, its preset's value), and not with it set to another value."""
     config = synthetic.get_config()
     run_config.check_or_record(config, str(tmp_path), allow_change=False)
     recorded = json.loads((tmp_path / "config.json").read_text())
@@ -76,7 +84,7 @@ def test_a_switch_added_since_the_run_started_resumes_while_unset(tmp_path):
     run_config.check_or_record(config, str(tmp_path), allow_change=False)
     (tmp_path / "config.json").write_text(json.dumps(recorded))  # recorded before it existed
     config.model.input_table = "separate"
-    with pytest.raises(SineError, match="model.input_table: '<absent>' -> 'separate'"):
+    with pytest.raises(SineError, match="model.input_table: 'shared' -> 'separate'"):
         run_config.check_or_record(config, str(tmp_path), allow_change=False)
 
 
@@ -182,12 +190,15 @@ def _presets():
 
 def test_every_preset_round_trips_through_the_recorded_config(tmp_path):
     from configs import default
+    from sine_jax.models import sine
 
     for spec, config in _presets():
         config.model.assignment = "cosine"  # a placeholder set; model.dropout stays None
         os.makedirs(tmp_path / spec)
         run_config.check_or_record(config, str(tmp_path / spec), allow_change=False)
         restored = run_config.recorded_config(str(tmp_path / spec), default.get_config())
+        for field, value in sine.resolved_switches(config.model).items():
+            config.model[field] = value  # recorded resolved
         assert restored == config, spec  # tuples as tuples, None as None, same types
         assert isinstance(restored.eval.ks, tuple) and restored.model.dropout is None
         restored.model.dropout = 0.25  # the placeholder keeps its type: overrides parse
@@ -263,3 +274,47 @@ def test_a_workdir_without_a_recorded_config_is_named(tmp_path):
 
     with pytest.raises(SineError, match=r"config.json: no such file \(no run was started"):
         run_config.recorded_config(str(tmp_path), default.get_config())
+
+
+def test_a_run_records_its_switches_resolved(tmp_path):
+    """config.json names the model a run trained, not the preset's name alone: a later
+    change of what the preset means cannot rebuild another model from it."""
+    from sine_jax.models import sine
+
+    config = synthetic.get_config()
+    assert config.model.logit_scale is None
+    run_config.check_or_record(config, str(tmp_path), allow_change=False)
+    recorded = json.loads((tmp_path / "config.json").read_text())["model"]
+    assert {f: recorded[f] for f in sine.SWITCHES} == sine.resolved_switches(config.model)
+    assert recorded["logit_scale"] == sine.PRESETS[config.model.preset].logit_scale
+    run_config.check_or_record(config, str(tmp_path), allow_change=False)  # resumes
+    run_config.check_model_matches(config, str(tmp_path))
+    restored = run_config.recorded_config(str(tmp_path), synthetic.get_config())
+    assert restored.model.logit_scale == recorded["logit_scale"]
+
+
+def test_a_preset_that_changed_meaning_does_not_rebuild_another_model(tmp_path, monkeypatch):
+    """A run recorded with an unset switch trained the preset of its time: after the default
+    preset changes, resuming or restoring it under the new default is refused naming the
+    switch, and its recorded config rebuilds the model it trained."""
+    from sine_jax.models import sine
+
+    config = synthetic.get_config()
+    config.model.preset = "default"
+    run_config.check_or_record(config, str(tmp_path), allow_change=False)
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    for field in sine.SWITCHES:  # as a run recorded before switches were recorded resolved
+        recorded["model"][field] = None
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    trained = sine.RECORDED_BEFORE_RESOLVING["default"].logit_scale
+    changed = "cosine" if trained == "printed" else "printed"
+    new_default = dataclasses.replace(sine.PRESETS["default"], logit_scale=changed)
+    monkeypatch.setitem(sine.PRESETS, "default", new_default)
+    with pytest.raises(SineError, match=f"model.logit_scale: '{trained}' -> '{changed}'") as err:
+        run_config.check_model_matches(config, str(tmp_path))
+    assert f"--config.model.logit_scale={trained}" in str(err.value)
+    with pytest.raises(SineError, match="model.logit_scale"):
+        run_config.check_or_record(config, str(tmp_path), allow_change=False)
+    restored = run_config.recorded_config(str(tmp_path), synthetic.get_config())
+    assert restored.model.logit_scale == trained
+    run_config.check_model_matches(restored, str(tmp_path))

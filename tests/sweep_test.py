@@ -105,10 +105,10 @@ def test_a_finished_job_with_another_config_stops_the_sweep_naming_the_fields(tm
     assert _plan(**plan) == [job]  # the same command: skipped, not refused
 
     recorded["model"]["num_prototypes"] = 50  # as if run before the preset or the --set changed
-    recorded["model"]["assignment"] = "cosine"
+    recorded["model"]["assignment"] = "layernorm"  # the default preset's is cosine
     with open(sweep.results_path(job), "w") as f:
         json.dump({"config": recorded}, f)
-    assert sweep.stale_fields(job) == ["model.assignment: 'cosine' -> None",
+    assert sweep.stale_fields(job) == ["model.assignment: 'layernorm' -> 'cosine'",
                                        "model.num_prototypes: 50 -> 12"]
     with pytest.raises(sweep.SweepError, match=r"seed-0 finished with another config \(model"):
         _plan(**plan)

@@ -480,6 +480,10 @@ PRESETS = {
     ),
 }
 SWITCHES = ("attention_hidden", *_CHOICES, *_BOOLS, "encoder_blocks")
+# What the presets meant for a run whose config.json left its switches unset (None = the
+# preset's value), as every run recorded before the runs recorded them resolved: the default
+# preset then had the printed logit scale.
+RECORDED_BEFORE_RESOLVING = {**PRESETS, "default": SineOptions(assignment="cosine")}
 # The ablations of the paper's Table 6, as `model.name`s: the options each one fixes.
 VARIANTS = {
     "sine_cate": {"prototype_pool": "categories"},
@@ -487,12 +491,14 @@ VARIANTS = {
 }
 
 
-def resolve_switches(model_config) -> SineOptions:
+def resolve_switches(model_config, presets: dict[str, SineOptions] = PRESETS) -> SineOptions:
     """The options of `model_config.preset` with every non-None switch field overriding it.
 
     Args:
         model_config: `config.model` (ConfigDict or dict) with `preset`, `temperature` and the
             switch fields of `SineOptions` (None or absent = take the preset's value).
+        presets: what each preset name means (PRESETS; RECORDED_BEFORE_RESOLVING for a
+            config.json written before runs recorded their switches resolved).
 
     Returns:
         The resolved SineOptions.
@@ -501,8 +507,8 @@ def resolve_switches(model_config) -> SineOptions:
         ConfigError: unknown preset or an invalid switch value.
     """
     preset = model_config.get("preset", "default")
-    if preset not in PRESETS:
-        raise ConfigError(f"model.preset={preset!r} must be one of {tuple(PRESETS)}")
+    if preset not in presets:
+        raise ConfigError(f"model.preset={preset!r} must be one of {tuple(presets)}")
     overrides = {f: model_config.get(f) for f in SWITCHES if model_config.get(f) is not None}
     temperature = model_config.get("temperature")
     if temperature is not None:
@@ -515,7 +521,16 @@ def resolve_switches(model_config) -> SineOptions:
                 f"model.{field}={overrides[field]!r}"
             )
         overrides[field] = value
-    return dataclasses.replace(PRESETS[preset], **overrides)
+    return dataclasses.replace(presets[preset], **overrides)
+
+
+def resolved_switches(
+    model_config, presets: dict[str, SineOptions] = PRESETS
+) -> dict[str, int | str | bool]:
+    """{field: value} of every SWITCHES field as `resolve_switches` resolves it: what a run
+    records, so that the model it trained stays known when a preset changes meaning."""
+    options = resolve_switches(model_config, presets)
+    return {field: getattr(options, field) for field in SWITCHES}
 
 
 # ---------------------------------------------------------------------------------------------
