@@ -377,8 +377,8 @@ def test_restore_best_without_checkpoints(tmp_path):
 
 
 def test_serving_fields_do_not_block_resuming():
-    old = synthetic.get_config("tiny").to_dict()
-    del old["serving"]  # a run recorded before the serving fields existed
+    old = run_config.with_resolved_switches(synthetic.get_config("tiny").to_dict())
+    del old["serving"]  # a run recorded (switches resolved) before the serving fields existed
     new = synthetic.get_config("tiny")
     new.serving.index = "hnsw"
     assert run_config.differing_fields(old, new.to_dict()) == []

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from launch import sweep as sweep_cli
+from sine_jax import run_config
 from sine_jax.experiments import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,10 +95,10 @@ def test_a_finished_job_with_another_config_stops_the_sweep_naming_the_fields(tm
     plan = dict(workdir=str(tmp_path), seeds="0", sets=["model.num_prototypes=12",
                                                          "eval.ks=(10,20)"])
     [job] = _plan(**plan)
-    recorded = json.loads(sweep.config_from_args(CONFIG, {
+    recorded = run_config.with_resolved_switches(json.loads(sweep.config_from_args(CONFIG, {
         "model.num_prototypes": "12", "eval.ks": "(10,20)", "train.seed": "0",
         "data.cache_dir": os.path.join(str(tmp_path), "cache"),
-        "train.num_epochs": "7"}).to_json())  # a run-length field: never stale
+        "train.num_epochs": "7"}).to_json()))  # a run-length field: never stale
     os.makedirs(job.workdir)
     with open(sweep.results_path(job), "w") as f:
         json.dump({"config": recorded}, f)
