@@ -25,6 +25,7 @@ from typing import Any
 
 from ml_collections import config_dict
 
+from sine_jax import sine_options
 from sine_jax.errors import ConfigError, SineError
 from sine_jax.workdir import write_json_atomic
 
@@ -92,18 +93,16 @@ def with_resolved_switches(config: dict[str, Any], *, recorded: bool = False) ->
     trained even after a preset changes meaning; other models' configs are returned as given.
 
     `recorded`: `config` is a WORKDIR/config.json, whose unset switches mean what the presets
-    meant before runs recorded them resolved (`sine.RECORDED_BEFORE_RESOLVING`). A config
+    meant before runs recorded them resolved (`sine_options.RECORDED_BEFORE_RESOLVING`). A config
     that does not resolve (a bad preset or switch value) is returned as given; its checks
     name the field.
     """
-    from sine_jax.models import sine  # jax and flax are loaded only when a config is compared
-
     model = config.get("model")
-    if not isinstance(model, dict) or model.get("name", "sine") not in sine.SINE_NAMES:
+    if not isinstance(model, dict) or model.get("name", "sine") not in sine_options.SINE_NAMES:
         return config
-    presets = sine.RECORDED_BEFORE_RESOLVING if recorded else sine.PRESETS
+    presets = sine_options.RECORDED_BEFORE_RESOLVING if recorded else sine_options.PRESETS
     try:
-        switches = sine.resolved_switches(model, presets)
+        switches = sine_options.resolved_switches(model, presets)
     except (ConfigError, TypeError):
         return config
     return {**config, "model": {**model, **switches}}

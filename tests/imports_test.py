@@ -88,6 +88,25 @@ def test_every_module_imports_in_a_fresh_interpreter():
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def test_configs_resolve_and_compare_without_loading_jax():
+    """The sweep, the recorded configs and their comparison stay light: SINE's presets
+    resolve (sine_options) without JAX or Flax."""
+    code = (
+        "import sys\n"
+        "from configs import synthetic\n"
+        "from sine_jax import run_config\n"
+        "from sine_jax.experiments import sweep\n"
+        "config = synthetic.get_config().to_dict()\n"
+        "assert run_config.with_resolved_switches(config)['model']['logit_scale'] is not None\n"
+        "assert run_config.differing_fields(config, config) == []\n"
+        "print(sorted(m for m in ('jax', 'flax') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"
+
+
 def _needs(*packages):
     missing = [p for p in packages if importlib.util.find_spec(p) is None]
     return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)}")

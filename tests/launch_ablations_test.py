@@ -11,7 +11,7 @@ import pytest
 from launch import ablations as ablations_cli
 from launch import learning_curve
 from sine_jax.experiments import ablations, sweep
-from sine_jax.models import sine as model_lib
+from sine_jax import sine_options as model_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "synthetic.py")

@@ -60,7 +60,7 @@ def test_other_changes_are_refused_with_the_fields_named(tmp_path):
 
 def test_placeholder_switches_compare_by_resolved_value(tmp_path):
     """An unset switch is its preset's value: setting it to that value is the same model."""
-    from sine_jax.models import sine
+    from sine_jax import sine_options as sine
 
     config = synthetic.get_config()
     run_config.check_or_record(config, str(tmp_path), allow_change=False)
@@ -190,7 +190,7 @@ def _presets():
 
 def test_every_preset_round_trips_through_the_recorded_config(tmp_path):
     from configs import default
-    from sine_jax.models import sine
+    from sine_jax import sine_options as sine
 
     for spec, config in _presets():
         config.model.assignment = "cosine"  # a placeholder set; model.dropout stays None
@@ -279,7 +279,7 @@ def test_a_workdir_without_a_recorded_config_is_named(tmp_path):
 def test_a_run_records_its_switches_resolved(tmp_path):
     """config.json names the model a run trained, not the preset's name alone: a later
     change of what the preset means cannot rebuild another model from it."""
-    from sine_jax.models import sine
+    from sine_jax import sine_options as sine
 
     config = synthetic.get_config()
     assert config.model.logit_scale is None
@@ -297,7 +297,7 @@ def test_a_preset_that_changed_meaning_does_not_rebuild_another_model(tmp_path, 
     """A run recorded with an unset switch trained the preset of its time: after the default
     preset changes, resuming or restoring it under the new default is refused naming the
     switch, and its recorded config rebuilds the model it trained."""
-    from sine_jax.models import sine
+    from sine_jax import sine_options as sine
 
     config = synthetic.get_config()
     config.model.preset = "default"

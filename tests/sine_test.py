@@ -14,6 +14,7 @@ from ml_collections import config_dict
 
 from sine_jax.errors import ConfigError
 from sine_jax.models import layers
+from sine_jax import sine_options
 from sine_jax.models import sine as model_lib
 
 B, N, D, K, L, M = 4, 5, 8, 2, 6, 20
@@ -273,7 +274,7 @@ def _model_config(**overrides):
             max_seq_len=N,
             temperature=0.1,
             preset="paper",
-            **{f: None for f in model_lib.SWITCHES},
+            **{f: None for f in sine_options.SWITCHES},
         )
     )
     cfg.update(overrides)
@@ -506,11 +507,11 @@ def test_dense_concat_aggregation(rng):
 )
 def test_module_matches_numpy_model(preset, rng):
     if preset == "paper+cosine_scale":
-        opts = dataclasses.replace(model_lib.PRESETS["paper"], logit_scale="cosine")
+        opts = dataclasses.replace(sine_options.PRESETS["paper"], logit_scale="cosine")
     elif preset == "official+projection":
-        opts = dataclasses.replace(model_lib.PRESETS["official"], output_projection=True)
+        opts = dataclasses.replace(sine_options.PRESETS["official"], output_projection=True)
     else:
-        opts = model_lib.PRESETS[preset]
+        opts = sine_options.PRESETS[preset]
     module = _random_model(opts, seed=1)
     history = _history(rng)
     out = _encode(module, history)
@@ -525,7 +526,7 @@ def test_module_matches_numpy_model(preset, rng):
 
 
 def test_paper_module_equals_pure_functions_composed_by_hand(rng):
-    module = _random_model(model_lib.SineOptions(), seed=2)
+    module = _random_model(sine_options.SineOptions(), seed=2)
     history = jnp.asarray(_history(rng))
     out = _encode(module, history)
 
@@ -556,7 +557,7 @@ def test_paper_module_equals_pure_functions_composed_by_hand(rng):
 
 @pytest.mark.parametrize("preset", ["paper", "official"])
 def test_padding_values_never_change_the_output(preset, rng):
-    module = _random_model(model_lib.PRESETS[preset], seed=3)
+    module = _random_model(sine_options.PRESETS[preset], seed=3)
     history = jnp.asarray(_history(rng))
     before = _encode(module, history)
     module.item_embedding[...] = module.item_embedding[...].at[0].set(100.0 * jnp.ones(D))
@@ -567,8 +568,8 @@ def test_padding_values_never_change_the_output(preset, rng):
 
 @pytest.mark.parametrize("preset", ["paper", "official"])
 def test_extra_left_padding_never_changes_the_output(preset, rng):
-    short = _random_model(model_lib.PRESETS[preset], seed=4)
-    long = _random_model(model_lib.PRESETS[preset], seed=5, n=N + 2)
+    short = _random_model(sine_options.PRESETS[preset], seed=4)
+    long = _random_model(sine_options.PRESETS[preset], seed=5, n=N + 2)
     _copy_shared_params(short, long)
     # The most recent item keeps its positional embedding: the rows of the short table are the
     # last rows of the long one.
@@ -614,7 +615,7 @@ def test_pure_functions_ignore_values_at_padded_positions(rng, inputs):
 
 @pytest.mark.parametrize("preset", ["paper", "official"])
 def test_all_padding_history_gives_finite_outputs(preset):
-    module = _model(model_lib.PRESETS[preset])
+    module = _model(sine_options.PRESETS[preset])
     out = _encode(module, np.zeros((B, N), np.int32))
     for field, value in out._asdict().items():
         assert np.all(np.isfinite(np.asarray(value))), field
@@ -626,7 +627,7 @@ def test_all_padding_history_gives_finite_outputs(preset):
 def test_gradients_reach_w1_w2_and_stay_finite_with_an_all_padding_row(preset, rng):
     """W1, W2 (eq 1) learn only through the sigmoid gate of eq 2: their gradient is non-zero.
     The batch holds an all-padding history (`_history`): every gradient stays finite."""
-    module = _model(model_lib.PRESETS[preset])
+    module = _model(sine_options.PRESETS[preset])
     graphdef, params, rest = nnx.split(module, nnx.Param, ...)
     history = jnp.asarray(_history(rng))
     weights = jnp.asarray(_rand(rng, B, D))
@@ -744,15 +745,15 @@ _ALTERNATIVES = {
 
 
 def test_every_switch_has_an_alternative_under_test():
-    assert set(_ALTERNATIVES) == set(model_lib.SWITCHES)
+    assert set(_ALTERNATIVES) == set(sine_options.SWITCHES)
 
 
 @pytest.mark.parametrize(
     "field,value", [(f, v) for f, values in _ALTERNATIVES.items() for v in values]
 )
 def test_each_switch_changes_the_output(field, value, rng):
-    paper = _random_model(model_lib.SineOptions(), seed=6)
-    switched = _random_model(dataclasses.replace(model_lib.SineOptions(), **{field: value}), 7)
+    paper = _random_model(sine_options.SineOptions(), seed=6)
+    switched = _random_model(dataclasses.replace(sine_options.SineOptions(), **{field: value}), 7)
     _copy_shared_params(paper, switched)  # only the switch (and its own weights) differ
     history = jnp.asarray(_history(rng))
     diff = np.abs(
@@ -766,7 +767,7 @@ def test_encoder_blocks_feed_sasrecs_sequence_to_the_equations(rng):
     eqs 1-8 then run on it as on raw embeddings."""
     from sine_jax.models import sasrec
 
-    opts = dataclasses.replace(model_lib.PRESETS["default"], encoder_blocks=1)
+    opts = dataclasses.replace(sine_options.PRESETS["default"], encoder_blocks=1)
     module = _random_model(opts, seed=11)
     history = _history(rng)
     enc = module.encoder
@@ -791,22 +792,22 @@ def test_encoder_blocks_feed_sasrecs_sequence_to_the_equations(rng):
 def test_output_projection_starts_as_the_identity(rng):
     """A freshly built model with the projection scores exactly as the one without it."""
     history = jnp.asarray(_history(rng))
-    plain = _model(model_lib.SineOptions(), seed=3)
-    projected = _model(model_lib.SineOptions(output_projection=True), seed=3)
+    plain = _model(sine_options.SineOptions(), seed=3)
+    projected = _model(sine_options.SineOptions(output_projection=True), seed=3)
     np.testing.assert_array_equal(projected.output_w[...], np.eye(D))
     np.testing.assert_allclose(
         _encode(projected, history).user_vector, _encode(plain, history).user_vector, **TOL
     )
     with pytest.raises(ConfigError, match="output_projection"):
-        model_lib.SineOptions(output_projection=True, aggregation="label_aware")
+        sine_options.SineOptions(output_projection=True, aggregation="label_aware")
 
 
 def test_separate_input_table_only_changes_where_the_history_is_read(rng):
     """input_table=separate: the encoder reads X_t from input_embedding and nothing else
     changes (it equals the shared model whose item table is that input table); the item table
     no longer enters the user vector."""
-    separate = _random_model(model_lib.SineOptions(input_table="separate"), seed=8)
-    shared = _random_model(model_lib.SineOptions(), seed=9)
+    separate = _random_model(sine_options.SineOptions(input_table="separate"), seed=8)
+    shared = _random_model(sine_options.SineOptions(), seed=9)
     _copy_shared_params(separate, shared)
     shared.item_embedding.set_value(separate.input_embedding[...])
     history = jnp.asarray(_history(rng))
@@ -828,7 +829,7 @@ def test_separate_input_table_only_changes_where_the_history_is_read(rng):
 
 
 def test_official_preset_runs_jitted(rng):
-    module = _model(model_lib.PRESETS["official"])
+    module = _model(sine_options.PRESETS["official"])
     out = _encode(module, _history(rng))
     assert out.user_vector.shape == (B, D)
     assert module.w3 is None and module.norm1 is None and module.norm3 is None
@@ -838,25 +839,25 @@ def test_official_preset_runs_jitted(rng):
 
 
 def test_resolve_switches():
-    assert model_lib.resolve_switches(_model_config()) == model_lib.SineOptions()  # paper
+    assert sine_options.resolve_switches(_model_config()) == sine_options.SineOptions()  # paper
     # the default preset (also when none is named): the printed equations with the adopted
     # deviations, and only those
     unnamed = _model_config()
     del unnamed["preset"]
-    default_options = model_lib.resolve_switches(unnamed)
-    assert default_options == model_lib.resolve_switches(_model_config(preset="default"))
-    assert default_options == dataclasses.replace(model_lib.SineOptions(), assignment="cosine")
+    default_options = sine_options.resolve_switches(unnamed)
+    assert default_options == sine_options.resolve_switches(_model_config(preset="default"))
+    assert default_options == dataclasses.replace(sine_options.SineOptions(), assignment="cosine")
     assert (
-        model_lib.resolve_switches(_model_config(preset="official"))
-        == model_lib.PRESETS["official"]
+        sine_options.resolve_switches(_model_config(preset="official"))
+        == sine_options.PRESETS["official"]
     )
-    opts = model_lib.resolve_switches(
+    opts = sine_options.resolve_switches(
         _model_config(
             preset="official", assignment="layernorm", attention_hidden=0, temperature=0.5
         )
     )
     assert opts == dataclasses.replace(
-        model_lib.PRESETS["official"], assignment="layernorm", attention_hidden=0, temperature=0.5
+        sine_options.PRESETS["official"], assignment="layernorm", attention_hidden=0, temperature=0.5
     )
     assert hash(opts) == hash(dataclasses.replace(opts))
 

@@ -4,7 +4,7 @@ a switch must pass to become a default (`launch/ablations.py` runs it).
 Each variant is the run of the config and its overrides with the literal paper's model preset
 (model.preset=paper) and one more override (VARIANTS): `paper` is the reference row;
 `official` is the reference code's preset as a whole. The config's default preset is the
-paper plus the switches that passed the rule (`sine_jax.models.sine.ADOPTED`):
+paper plus the switches that passed the rule (`sine_jax.sine_options.ADOPTED`):
 `assignment-cosine`. The rule: at least +0.5 points of mean validation HR@10 over 3 paired
 seeds, on both the ML-1M subset and ML-100K.
 """
@@ -19,7 +19,7 @@ REFERENCE = "paper"
 # config's default preset is), so that the grid measures each switch against the equations as
 # printed even after a switch has become the default.
 PAPER = {"model.preset": "paper"}
-# name -> (its overrides, what it changes); every model switch of sine_jax.models.sine.SWITCHES
+# name -> (its overrides, what it changes); every model switch of sine_jax.sine_options.SWITCHES
 # with each value other than the paper preset's, lambda = 0, and the official preset.
 VARIANTS = {
     REFERENCE: (PAPER, "nothing: the literal paper"),
