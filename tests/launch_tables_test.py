@@ -130,10 +130,70 @@ def test_collect_only_writes_the_table_with_failed_and_missing_runs(table_dir, c
     assert done["test"] == fake_results({"train.seed": "1"}, 0.2)["test"]
 
 
+def _tuned_sweep(tmp_path, valid_offsets, failed=()):
+    """A sweep of sine and gru4rec x model.dropout 0, 0.2 x seeds 0, 1 with fake results whose
+    validation metrics are shifted by valid_offsets[(model, dropout)] and whose test metrics
+    are shifted the other way (a choice on test would pick the other setting)."""
+    jobs = sweep.plan(CONFIG, str(tmp_path), seeds="0,1",
+                      grid=["model.name=sine,gru4rec", "model.dropout=0,0.2"])
+    entries = []
+    for job in jobs:
+        if job.name in failed:
+            entries.append({"name": job.name, "status": "failed", "returncode": 1,
+                            "error": "error: boom"})
+            continue
+        shift = valid_offsets[(job.overrides["model.name"], job.overrides["model.dropout"])]
+        results = fake_results(job.overrides, 0.2)
+        results["valid"] = {m: v + shift for m, v in results["valid"].items()}
+        results["test"] = {m: v - shift for m, v in results["test"].items()}
+        write_results(job, results)
+    write_json_atomic(os.path.join(tmp_path, "sweep.json"), {"jobs": entries})
+    return jobs
+
+
+def test_tuned_rows_take_the_setting_with_the_best_validation_mean(tmp_path):
+    offsets = {("sine", "0"): 0.0, ("sine", "0.2"): 0.05,
+               ("gru4rec", "0"): 0.01, ("gru4rec", "0.2"): 0.08}
+    jobs = _tuned_sweep(tmp_path, offsets, failed=("name-gru4rec_dropout-0.2_seed-1",))
+    rows = paper_table.aggregate(tables.collect_runs(jobs, str(tmp_path)), ["model.dropout"])
+    gru4rec, sine = rows
+    assert sine["chosen"] == {"model.dropout": "0.2"} and sine["done"] == 2
+    want = np.mean([fake_results({"train.seed": str(s)}, 0.2)["test"]["HR@10"] - 0.05
+                    for s in (0, 1)])
+    assert sine["test"]["HR@10"]["mean"] == pytest.approx(want)  # the chosen setting's test
+    # gru4rec's better setting lost a seed: it is not chosen on the seed that finished.
+    assert gru4rec["chosen"] == {"model.dropout": "0"}
+    assert [c["done"] for c in gru4rec["candidates"]] == [2, 1]
+    valid = {c["values"]["model.dropout"]: c["valid"] for c in sine["candidates"]}
+    assert valid["0.2"] - valid["0"] == pytest.approx(0.05)
+    text = paper_table.markdown_table(rows, (10, 50))
+    assert text.splitlines()[0].startswith("| model | chosen on validation | HR@10 |")
+    assert "| SINE | model.dropout=0.2 | " in text
+    assert "- GRU4Rec: model.dropout=0 " in text and "(1/2 seeds)" in text
+
+
+def test_a_model_without_a_finished_setting_waits(tmp_path, capsys):
+    offsets = {(m, d): 0.0 for m in ("sine", "gru4rec") for d in ("0", "0.2")}
+    jobs = _tuned_sweep(tmp_path, offsets, failed=("name-sine_dropout-0_seed-0",
+                                                   "name-sine_dropout-0.2_seed-1"))
+    rows = paper_table.aggregate(tables.collect_runs(jobs, str(tmp_path)), ["model.dropout"])
+    sine = rows[1]
+    assert sine["chosen"] is None and sine["done"] == 0 and len(sine["not_done"]) == 2
+    assert "| SINE | pending | failed |" in paper_table.markdown_table(rows, (10, 50))
+    argv = [f"--config={CONFIG}", f"--workdir={tmp_path}", "--seeds=0,1", "--collect_only",
+            "--models=sine,gru4rec", "--tune=model.dropout=0,0.2"]
+    assert paper_table_cli.main(argv) == 1  # runs failed
+    table = json.loads((tmp_path / "table.json").read_text())
+    assert table["tuned"] == ["model.dropout"] and table["selection_metric"] == "HR@10"
+    assert table["rows"][0]["chosen"] == {"model.dropout": "0"}
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--models=sine,bert4rec"], "--models='sine,bert4rec': expected distinct names"),
     (["--ks=20"], "column cut-off 20 is not among the runs' eval.ks (10, 50, 100)"),
     (["--set=model.name=sine"], "model.name is given more than once"),
+    (["--tune=model.dropout"], "--tune='model.dropout': expected FIELD=V1,V2,..."),
+    (["--tune=model.dropout=0,0"], "--tune='model.dropout=0,0': a value is repeated"),
     (["--set=eval.mask_history=maybe"], "flag --config.eval.mask_history=maybe"),
 ])
 def test_table_bad_arguments_are_one_line_errors(tmp_path, capsys, argv, message):

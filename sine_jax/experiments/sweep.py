@@ -84,14 +84,15 @@ def parse_override(text: str, flag: str, form: str = "FIELD=VALUE, e.g. train.se
     return field, value
 
 
-def parse_axis(text: str) -> tuple[str, list[str]]:
-    """'model.num_interests=2,4,8' -> ('model.num_interests', ['2', '4', '8'])."""
-    field, values = parse_override(text, "--grid", "FIELD=V1,V2,..., e.g. train.seed=1,2")
+def parse_axis(text: str, flag: str = "--grid") -> tuple[str, list[str]]:
+    """'model.num_interests=2,4,8' -> ('model.num_interests', ['2', '4', '8']); errors name
+    `flag`."""
+    field, values = parse_override(text, flag, "FIELD=V1,V2,..., e.g. train.seed=1,2")
     values = split_values(values)
     if "" in values:
-        raise SweepError(f"--grid={text!r}: empty value; expected FIELD=V1,V2,...")
+        raise SweepError(f"{flag}={text!r}: empty value; expected FIELD=V1,V2,...")
     if len(set(values)) < len(values):
-        raise SweepError(f"--grid={text!r}: a value is repeated")
+        raise SweepError(f"{flag}={text!r}: a value is repeated")
     return field, values
 
 
