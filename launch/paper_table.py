@@ -13,10 +13,11 @@ gru4rec caser sasrec mind mcprn comirec_sa sine) x train.seed, one job per point
 WORKDIR/name-MODEL_seed-SEED; --set adds an override to every job, --devices picks the GPUs
 (--cpu_jobs: jobs at a time on CPU).
 --tune=FIELD=V1,V2,... (repeatable) trains every model at each value too (jobs
-name-MODEL_dropout-0.2_seed-SEED for --tune=model.dropout=...) and gives each model the value with the best mean validation
-metric (`eval.metric`) over the seeds, never the test: the same tuning for every model, e.g.
---tune=model.dropout=0,0.2,0.5. A model's row waits until one of its settings has finished
-every seed; the table lists every setting's validation mean under it.
+name-MODEL_dropout-0.2_seed-SEED for --tune=model.dropout=...) and gives each model the
+value with the best mean validation metric (`eval.metric`) over the seeds, never the test:
+the same tuning for every model, e.g. --tune=model.dropout=0,0.2,0.5. A model's row waits
+until one of its settings has finished every seed; the table lists every setting's
+validation mean under it.
 Rerunning the same command resumes: a job with results.json is skipped. Then it writes
 
   WORKDIR/table.md    one row per model in the paper's order; test metrics in percent,
