@@ -2,10 +2,10 @@
 paper preset.
 
   python launch/ablations.py --config=configs/movielens.py --workdir=runs/ablations_ml100k \
-      --seeds=0,1,2 --cpu_jobs=2 --set=data.path=../shared/data/ml-100k/u.data
+      --seeds=0,1,2 --cpu_jobs=2 --set=data.path=data/ml-100k/u.data
   python launch/ablations.py --config=configs/movielens.py --workdir=runs/ablations_ml1m \
       --seeds=0 --variants=paper,assignment-cosine,official \
-      --set=data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat
+      --set=data.path=data/ml-1m-subset.dat
   python launch/ablations.py ... --collect_only   # the table from the runs there; runs nothing
 
 Each variant is the run of --config and --set with the literal paper's model preset

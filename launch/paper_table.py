@@ -1,10 +1,10 @@
 """The paper's Table 1 on one dataset: every model over several seeds, as mean ± std.
 
   python launch/paper_table.py --config=configs/movielens.py --workdir=runs/table1_ml1m \
-      --seeds=0,1,2 --set=data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat
+      --seeds=0,1,2 --set=data.path=data/ml-1m-subset.dat
   python launch/paper_table.py --config=configs/movielens.py --workdir=runs/table1_ml1m \
       --seeds=0,1,2 --models=sasrec,sine,sine_cate,sine_label \
-      --set=data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat
+      --set=data.path=data/ml-1m-subset.dat
   python launch/paper_table.py --config=configs/movielens.py --workdir=runs/table1_ml1m \
       --seeds=0,1,2 --collect_only   # the table from the runs already there; runs nothing
 

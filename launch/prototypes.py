@@ -1,10 +1,10 @@
 """Prototype quality of one trained SINE run: do its concept prototypes follow item categories?
 
   python launch/prototypes.py --config=configs/movielens.py --workdir=runs/ml1m \
-      --set=data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat
+      --set=data.path=data/ml-1m-subset.dat
   python launch/prototypes.py --config=configs/movielens.py \
       --workdir=runs/table1_ml1m/name-sine_seed-1 --set=train.seed=1 --set=model.name=sine \
-      --set=data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat \
+      --set=data.path=data/ml-1m-subset.dat \
       --set=data.cache_dir=runs/table1_ml1m/cache
   python launch/prototypes.py --config=configs/synthetic.py --workdir=runs/synthetic \
       --num_concepts=6 --neighbours=10

@@ -1,10 +1,10 @@
 """The paper's Figure 4 analogue: SINE's test metrics over K (interests) x L (prototypes).
 
   python launch/sensitivity.py --config=configs/movielens.py --workdir=runs/fig4_ml1m \
-      --seeds=0,1,2 --set=data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat
+      --seeds=0,1,2 --set=data.path=data/ml-1m-subset.dat
   python launch/sensitivity.py --config=configs/movielens.py --workdir=runs/fig4_ml1m \
       --ks_interests=2,4,8 --prototypes=10,50,100,500 --metric=HR@50 --second_metric=NDCG@50 \
-      --seeds=0,1,2 --set=data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat
+      --seeds=0,1,2 --set=data.path=data/ml-1m-subset.dat
   python launch/sensitivity.py --config=configs/movielens.py --workdir=runs/fig4_ml1m \
       --seeds=0,1,2 --collect_only   # the figure from the runs already there; runs nothing
 

@@ -6,7 +6,7 @@ user's validation and test target (compared with results.json), and retrieval wi
 validation users' vectors as queries:
 
   python launch/serving_benchmark.py --config=configs/movielens.py --workdir=runs/ml1m \
-      --config.data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat \
+      --config.data.path=data/ml-1m-subset.dat \
       --out=runs/serving_benchmark/ml1m.json
 
 A synthetic catalogue (retrieval only), random item embeddings, D = 128:

@@ -1,7 +1,7 @@
 """Where a trained run's drop from validation to test comes from (leave-one-out data).
 
   python launch/split_gap.py --config=configs/movielens.py:tuned --workdir=runs/ml1m_tuned \
-      --set=data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat \
+      --set=data.path=data/ml-1m-subset.dat \
       --set=eval.mask_history=False
 
 --config and --set must give the run's config (as given to sine_jax.main; a difference from

@@ -2,7 +2,7 @@
 
   python launch/sweep.py --config=configs/movielens.py --workdir=runs/sweep_kl \
       --grid=model.num_interests=2,4,8 --grid=model.num_prototypes=10,50,100,500 \
-      --seeds=0,1,2 --set=data.path=../shared/data/ml-1m-subset/ratings_cs100_subset.dat
+      --seeds=0,1,2 --set=data.path=data/ml-1m-subset.dat
 
 The jobs are the Cartesian product of the --grid axes (and of --seeds, as train.seed); --set
 adds the same override to every job. Values go to the training CLI as written (a value with
