@@ -108,6 +108,12 @@ def with_resolved_switches(config: dict[str, Any], *, recorded: bool = False) ->
     return {**config, "model": {**model, **switches}}
 
 
+def _recorded_flat(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config (config.json, results.json's config) flattened, SINE's switches
+    resolved with the presets of the record's time."""
+    return flatten(with_resolved_switches(recorded, recorded=True))
+
+
 def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Fields (dotted names) whose values differ between a recorded config `old` and a config
     `new`, run-length and export fields excepted, SINE's switches compared as resolved (an
@@ -118,7 +124,7 @@ def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     `model.NAME.*` holds the fields of the model called NAME only: when both configs train
     another model, those fields are not compared.
     """
-    old_flat = flatten(with_resolved_switches(old, recorded=True))
+    old_flat = _recorded_flat(old)
     new_flat = flatten(with_resolved_switches(new))
     names = sorted(set(old_flat) | set(new_flat))
     model = old_flat.get("model.name")
@@ -141,7 +147,7 @@ def _other_model_field(name: str, model: str) -> bool:
 def changes(old: dict[str, Any], new: dict[str, Any], fields: list[str]) -> list[str]:
     """'field: old -> new' (values as repr, '<absent>' where missing, switches resolved as
     `differing_fields` compares them) for each of `fields`."""
-    old_flat = flatten(with_resolved_switches(old, recorded=True))
+    old_flat = _recorded_flat(old)
     new_flat = flatten(with_resolved_switches(new))
     return [f"{n}: {old_flat.get(n, '<absent>')!r} -> {new_flat.get(n, '<absent>')!r}"
             for n in fields]
@@ -186,7 +192,7 @@ def recorded_config(workdir: str, schema: config_dict.ConfigDict) -> config_dict
     if recorded is None:
         raise SineError(f"{path}: no such file (no run was started in {workdir}); give the "
                         f"--config that trains it")
-    recorded_flat = flatten(with_resolved_switches(recorded, recorded=True))
+    recorded_flat = _recorded_flat(recorded)
     for name, value in ADDED_FIELDS.items():  # added since: the value of the old behaviour
         recorded_flat.setdefault(name, value)
     for name, value in recorded_flat.items():
@@ -247,7 +253,7 @@ def check_model_matches(config: config_dict.ConfigDict, workdir: str) -> None:
     current = json.loads(config.to_json())
     fields = [n for n in differing_fields(recorded, current) if n.startswith("model.")][:5]
     if fields:
-        old = flatten(with_resolved_switches(recorded, recorded=True))
+        old = _recorded_flat(recorded)
         fixes = " ".join(f"--config.{n}={old[n]}" for n in fields if n in old)
         shown = ", ".join(changes(recorded, current, fields))
         raise SineError(f"{workdir} trained another model ({shown}; "
