@@ -210,6 +210,10 @@ def _end(line: str, code: int) -> None:
     """Prints the one line, lets process 0 wait for the others to read the stop, exits."""
     logging.get_absl_handler().setLevel(logging_std.CRITICAL + 1)  # the error stays the last line
     print(f"error: {printable(line)}", file=sys.stderr, flush=True)
+    # ... and so does it against the coordination client's own (C++) log, which reports the
+    # service's socket closing once process 0 has exited: nothing more reaches stderr.
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
     index = jax.process_index()
     with contextlib.suppress(Exception):
         _client.key_value_set(f"{_ACK_PREFIX}{index}", "")
