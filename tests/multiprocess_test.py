@@ -210,3 +210,22 @@ def test_two_processes_killed_mid_run_resume_to_the_same_metrics(
     assert best_step == reference[0]
     assert test == pytest.approx(reference[1], abs=1e-9)
     assert valid == pytest.approx(reference[2], abs=1e-9)
+
+
+def test_the_stop_line_stays_last_against_the_coordination_clients_own_log():
+    """What the coordination client logs itself (from C++) after a process printed its error,
+    such as the service's socket closing once process 0 has exited, does not follow the line."""
+    script = (
+        "import os\n"
+        "from sine_jax import multihost\n"
+        "class Client:  # logs from C++ as the real client does when its service is gone\n"
+        "    def key_value_set(self, *args, **kwargs):\n"
+        "        os.write(2, b'Socket closed\\n')\n"
+        "multihost._client = Client()\n"
+        "multihost._end('step 3: failure', 2)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=REPO, env=_env(), timeout=STOP_LIMIT_S)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == "error: step 3: failure"
+    assert "Socket closed" not in done.stderr
