@@ -18,7 +18,6 @@ Outside a joined job (one process) every function here is a no-op or the one-pro
 """
 
 import contextlib
-import logging as logging_std
 import os
 import sys
 import threading
@@ -208,10 +207,10 @@ def _stop_as_peer(process: int, code: int, message: str) -> None:
 
 def _end(line: str, code: int) -> None:
     """Prints the one line, lets process 0 wait for the others to read the stop, exits."""
-    logging.get_absl_handler().setLevel(logging_std.CRITICAL + 1)  # the error stays the last line
     print(f"error: {printable(line)}", file=sys.stderr, flush=True)
-    # ... and so does it against the coordination client's own (C++) log, which reports the
-    # service's socket closing once process 0 has exited: nothing more reaches stderr.
+    # The error stays the last line: nothing more reaches stderr, neither Python's log nor the
+    # coordination client's own (C++) one, which reports the service's socket closing once
+    # process 0 has exited.
     with contextlib.suppress(OSError):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
     index = jax.process_index()
