@@ -12,7 +12,8 @@ Each variant is the run of --config and --set with the literal paper's model pre
 (model.preset=paper) and one more override (`sine_jax.experiments.ablations.VARIANTS`):
 `paper` is the reference row; `official` is the reference code's preset as a whole. The
 config's default preset is the paper plus the switches that passed the rule
-(sine_jax.sine_options.ADOPTED): `assignment-cosine`. Jobs run as launch/sweep.py runs them
+(sine_jax.sine_options.ADOPTED): `assignment-cosine` alone, then the cosine logit scale, 2
+encoder blocks and dropout 0.2 together. Jobs run as launch/sweep.py runs them
 (one per GPU, else --cpu_jobs at a time), in WORKDIR/VARIANT_seed-SEED; a rerun skips the
 finished ones. Then it writes
 

@@ -308,12 +308,13 @@ def np_layernorm(x, scale, bias, eps=1e-8):
     return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps) * scale + bias
 
 
-def np_sasrec_block(x, valid, w, num_heads):
-    """The authors' block for one user, position by position and head by head."""
+def np_sasrec_block(x, valid, w, num_heads, k_bias=0.0):
+    """The authors' block for one user, position by position and head by head (`k_bias`: their
+    key bias, which this implementation leaves out)."""
     n, d = x.shape
     dh = d // num_heads
     s = np_layernorm(x, w.attention_norm_scale, w.attention_norm_bias)
-    q, k, v = s @ w.q_kernel + w.q_bias, x @ w.k_kernel + w.k_bias, x @ w.v_kernel + w.v_bias
+    q, k, v = s @ w.q_kernel + w.q_bias, x @ w.k_kernel + k_bias, x @ w.v_kernel + w.v_bias
     attended = np.zeros((n, d))
     for i in range(n):
         keys = [j for j in range(i + 1) if valid[j]]
@@ -357,6 +358,21 @@ def test_sasrec_block_matches_numpy_loops():
         out = sasrec_block(x[b : b + 1], valid[b : b + 1], weights, num_heads=2)
         expected = np_sasrec_block(np.asarray(x[b], np.float64), valid[b], w64, num_heads=2)
         np.testing.assert_allclose(np.asarray(out)[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_key_bias_would_change_no_output():
+    """The authors' code has a key bias; it adds q . b_k to all of a query's logits, which the
+    softmax removes, so leaving it out changes nothing."""
+    w = sasrec_lib.BlockWeights(*(np.asarray(a, np.float64) for a in block_weights(sasrec_model())))
+    rng = np.random.default_rng(8)
+    valid = np.asarray(histories(rng))[1] > 0
+    x = rng.normal(size=(N, D)) * valid[:, None]
+    k_bias = rng.normal(size=D) * 3.0
+    with_bias = np_sasrec_block(x, valid, w, 2, k_bias)
+    np.testing.assert_allclose(with_bias, np_sasrec_block(x, valid, w, 2), rtol=1e-10, atol=1e-10)
+    # the same bias on the queries does change it: the test can tell
+    moved_query = np_sasrec_block(x, valid, w._replace(q_bias=w.q_bias + k_bias), 2)
+    assert np.abs(with_bias - moved_query).max() > 1e-3
 
 
 def test_sasrec_causality():

@@ -97,8 +97,9 @@ def test_configs_resolve_and_compare_without_loading_jax():
         "from sine_jax import run_config\n"
         "from sine_jax.experiments import sweep\n"
         "config = synthetic.get_config().to_dict()\n"
-        "assert run_config.with_resolved_switches(config)['model']['logit_scale'] is not None\n"
-        "assert run_config.differing_fields(config, config) == []\n"
+        "recorded = run_config.with_resolved_switches(config)\n"
+        "assert recorded['model']['logit_scale'] is not None\n"
+        "assert run_config.differing_fields(recorded, config) == []\n"
         "print(sorted(m for m in ('jax', 'flax') if m in sys.modules))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

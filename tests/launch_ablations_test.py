@@ -22,7 +22,15 @@ def plan(tmp_path, variants=None, seeds="0,1", sets=()):
 
 
 def parse(text: str):
-    return {"True": True, "False": False}.get(text, int(text) if text.isdigit() else text)
+    """A --config.FIELD=VALUE text as the config's type: bool, int, float or str."""
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def test_every_model_switch_has_a_variant_for_each_non_paper_value():

@@ -193,14 +193,14 @@ def test_every_preset_round_trips_through_the_recorded_config(tmp_path):
     from sine_jax import sine_options as sine
 
     for spec, config in _presets():
-        config.model.assignment = "cosine"  # a placeholder set; model.dropout stays None
+        config.model.assignment = "cosine"  # a placeholder set; mind.label_power stays None
         os.makedirs(tmp_path / spec)
         run_config.check_or_record(config, str(tmp_path / spec), allow_change=False)
         restored = run_config.recorded_config(str(tmp_path / spec), default.get_config())
         for field, value in sine.resolved_switches(config.model).items():
             config.model[field] = value  # recorded resolved
         assert restored == config, spec  # tuples as tuples, None as None, same types
-        assert isinstance(restored.eval.ks, tuple) and restored.model.dropout is None
+        assert isinstance(restored.eval.ks, tuple) and restored.model.mind.label_power is None
         restored.model.dropout = 0.25  # the placeholder keeps its type: overrides parse
         with pytest.raises(TypeError):
             restored.model.encoder_blocks = "two"
@@ -318,3 +318,21 @@ def test_a_preset_that_changed_meaning_does_not_rebuild_another_model(tmp_path, 
     restored = run_config.recorded_config(str(tmp_path), synthetic.get_config())
     assert restored.model.logit_scale == trained
     run_config.check_model_matches(restored, str(tmp_path))
+
+
+def test_a_run_recorded_before_dropout_was_a_switch_keeps_the_model_it_trained(tmp_path):
+    """Such a config.json has SINE's other switches resolved and model.dropout null, which for
+    SINE then meant no dropout: its recorded config rebuilds that model, and the current
+    default preset is refused for it naming what changed."""
+    config = synthetic.get_config()
+    run_config.check_or_record(config, str(tmp_path), allow_change=False)
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    assert recorded["model"]["dropout"] == 0.2  # the default preset's, recorded resolved
+    recorded["model"].update(dropout=None, logit_scale="printed", encoder_blocks=0)
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    restored = run_config.recorded_config(str(tmp_path), synthetic.get_config())
+    assert (restored.model.dropout, restored.model.encoder_blocks) == (0.0, 0)
+    run_config.check_model_matches(restored, str(tmp_path))
+    with pytest.raises(SineError, match="model.dropout: 0.0 -> 0.2") as err:
+        run_config.check_model_matches(config, str(tmp_path))
+    assert "--config.model.dropout=0.0" in str(err.value)

@@ -13,7 +13,7 @@ from flax import nnx
 from ml_collections import config_dict
 
 from sine_jax.errors import ConfigError
-from sine_jax.models import layers
+from sine_jax.models import layers, sasrec
 from sine_jax import sine_options
 from sine_jax.models import sine as model_lib
 
@@ -281,11 +281,11 @@ def _model_config(**overrides):
     return cfg
 
 
-def _encode(module, history):
-    """module(history), op by op: on a CPU, compiling one small program per model variant
-    costs more than the op-level compilations, which all variants (and the equation tests,
-    same shapes) share."""
-    return module(jnp.asarray(history))
+def _encode(module, history, dropout_rng=None):
+    """module(history, dropout_rng), op by op: on a CPU, compiling one small program per model
+    variant costs more than the op-level compilations, which all variants (and the equation
+    tests, same shapes) share."""
+    return module(jnp.asarray(history), dropout_rng)
 
 
 # Compiling a whole model is the slow part of these tests on a CPU; XLA's backend optimisation
@@ -515,7 +515,8 @@ def test_module_matches_numpy_model(preset, rng):
     module = _random_model(opts, seed=1)
     history = _history(rng)
     out = _encode(module, history)
-    want = np_sine(_params(module), history, opts, K, opts.temperature)
+    x = _encoder_reference(module, history) if opts.encoder_blocks else None
+    want = np_sine(_params(module), history, opts, K, opts.temperature, x=x)
     for field, value in out._asdict().items():
         np.testing.assert_allclose(value, want[field], err_msg=field, **TOL)
     chex_shapes = {
@@ -741,6 +742,7 @@ _ALTERNATIVES = {
     "logit_scale": ["cosine"],
     "output_projection": [True],
     "encoder_blocks": [1],
+    "dropout": [0.2],
 }
 
 
@@ -756,35 +758,39 @@ def test_each_switch_changes_the_output(field, value, rng):
     switched = _random_model(dataclasses.replace(sine_options.SineOptions(), **{field: value}), 7)
     _copy_shared_params(paper, switched)  # only the switch (and its own weights) differ
     history = jnp.asarray(_history(rng))
-    diff = np.abs(
-        np.asarray(_encode(paper, history).user_vector - _encode(switched, history).user_vector)
-    ).max()
+    key = jax.random.key(0)  # as at training: the dropout switch acts only then
+    diff = np.abs(np.asarray(
+        _encode(paper, history, key).user_vector - _encode(switched, history, key).user_vector
+    )).max()
     assert diff > 1e-4, (field, value, diff)
+
+
+def _encoder_reference(module, history):
+    """[B, n, D] the encoder's output by SASRec's block sequence (one head; tested against
+    numpy in baselines_single_test.py) over X sqrt(D) + P, padding rows zero."""
+    enc = module.encoder
+    blocks = sasrec.BlockWeights(*(getattr(enc, f)[...] for f in sasrec.BlockWeights._fields))
+    table = np.asarray(module.item_embedding[...])
+    x_in = (table[history] * np.sqrt(D) + np.asarray(enc.position_embedding[...]))
+    x_in = x_in * (history > 0)[..., None]
+    x = sasrec.sasrec_sequence(
+        jnp.asarray(x_in, jnp.float32), jnp.asarray(history > 0), blocks,
+        enc.final_norm_scale[...], enc.final_norm_bias[...], 1,
+    )
+    return np.asarray(x) * (history > 0)[..., None]
 
 
 def test_encoder_blocks_feed_sasrecs_sequence_to_the_equations(rng):
     """encoder_blocks=1: X_t is SASRec's block output (one head) over X sqrt(D) + P, and
     eqs 1-8 then run on it as on raw embeddings."""
-    from sine_jax.models import sasrec
-
     opts = dataclasses.replace(sine_options.PRESETS["default"], encoder_blocks=1)
     module = _random_model(opts, seed=11)
     history = _history(rng)
-    enc = module.encoder
-    params = {f: enc.__getattribute__(f)[...] for f in sasrec.BlockWeights._fields}
-    table = np.asarray(module.item_embedding[...])
-    x_in = (table[history] * np.sqrt(D) + np.asarray(enc.position_embedding[...]))
-    x_in = x_in * (history > 0)[..., None]
-    blocks = sasrec.BlockWeights(*(params[f] for f in sasrec.BlockWeights._fields))
-    want_x = sasrec.sasrec_sequence(
-        jnp.asarray(x_in, jnp.float32), jnp.asarray(history > 0), blocks,
-        enc.final_norm_scale[...], enc.final_norm_bias[...], 1,
-    )
-    want_x = np.asarray(want_x) * (history > 0)[..., None]
-    got_x = enc(module.item_embedding[...], jnp.asarray(history), 0.0, None)
+    want_x = _encoder_reference(module, history)
+    got_x = module.encoder(module.item_embedding[...], jnp.asarray(history), 0.0, None)
     np.testing.assert_allclose(got_x, want_x, **TOL)
     out = _encode(module, history)
-    want = np_sine(_params(module), history, opts, K, opts.temperature, x=np.asarray(got_x))
+    want = np_sine(_params(module), history, opts, K, opts.temperature, x=want_x)
     for field, value in out._asdict().items():
         np.testing.assert_allclose(value, want[field], err_msg=field, **TOL)
 
@@ -846,7 +852,10 @@ def test_resolve_switches():
     del unnamed["preset"]
     default_options = sine_options.resolve_switches(unnamed)
     assert default_options == sine_options.resolve_switches(_model_config(preset="default"))
-    assert default_options == dataclasses.replace(sine_options.SineOptions(), assignment="cosine")
+    assert default_options == dataclasses.replace(
+        sine_options.SineOptions(), assignment="cosine", logit_scale="cosine", encoder_blocks=2,
+        dropout=0.2,
+    )
     assert (
         sine_options.resolve_switches(_model_config(preset="official"))
         == sine_options.PRESETS["official"]

@@ -5,7 +5,8 @@ Each variant is the run of the config and its overrides with the literal paper's
 (model.preset=paper) and one more override (VARIANTS): `paper` is the reference row;
 `official` is the reference code's preset as a whole. The config's default preset is the
 paper plus the switches that passed the rule (`sine_jax.sine_options.ADOPTED`):
-`assignment-cosine`. The rule: at least +0.5 points of mean validation HR@10 over 3 paired
+`assignment-cosine` alone, then the cosine logit scale, 2 encoder blocks and dropout 0.2
+together. The rule: at least +0.5 points of mean validation HR@10 over 3 paired
 seeds, on both the ML-1M subset and ML-100K.
 """
 
@@ -51,6 +52,8 @@ VARIANTS = {
                                "map"),
     "encoder_blocks-1": ({**PAPER, "model.encoder_blocks": "1"},
                          "beyond the paper: one causal self-attention block over the history"),
+    "dropout-0.2": ({**PAPER, "model.dropout": "0.2"},
+                    "beyond the paper: dropout 0.2 on the history's embeddings at training"),
     "cov_weight-0": ({**PAPER, "loss.cov_weight": "0.0"},
                      "eq 11: lambda = 0 (no covariance regulariser)"),
     "official": ({"model.preset": "official"},

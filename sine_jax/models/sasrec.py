@@ -10,7 +10,9 @@ Choices, as the authors' TensorFlow code (`kang205/SASRec`, `model.py` and `modu
     most recent), zeroed at padding;
   * a block: s = LN(x); a = MultiHead(queries=s, keys=values=x) + s (the residual adds the
     normalised queries, as `outputs += queries` there); s2 = LN(a);
-    x = FFN(s2) + s2, zeroed at padding. Q, K and V are dense layers with biases; the heads
+    x = FFN(s2) + s2, zeroed at padding. Q and V are dense layers with biases, K one without
+    (the code's K bias adds q . b_k to every logit of a query, which the softmax removes: it
+    changes no output, its gradient is zero and Adam would move it by rounding noise); the heads
     are contiguous D / h slices (`tf.split`), logits are divided by sqrt(D / h), and there is
     no output projection; attention is causal (position i sees j <= i) and padded keys are
     masked (`masked_softmax`: a padded query, which with left padding sees only padding, gets
@@ -70,7 +72,8 @@ class BlockWeights(NamedTuple):
     """One block's parameters (or all blocks', stacked on a leading [L] axis).
 
     Attributes:
-        q_kernel, k_kernel, v_kernel: [D, D] attention projections; q_bias, k_bias, v_bias: [D].
+        q_kernel, k_kernel, v_kernel: [D, D] attention projections; q_bias, v_bias: [D] (no
+            key bias: it would shift all of a query's logits alike, which the softmax removes).
         attention_norm_scale, attention_norm_bias: [D] LayerNorm of the attention queries.
         ffn_norm_scale, ffn_norm_bias: [D] LayerNorm of the feed-forward input.
         ffn_kernel1, ffn_kernel2: [D, D]; ffn_bias1, ffn_bias2: [D].
@@ -79,7 +82,6 @@ class BlockWeights(NamedTuple):
     q_kernel: jax.Array
     q_bias: jax.Array
     k_kernel: jax.Array
-    k_bias: jax.Array
     v_kernel: jax.Array
     v_bias: jax.Array
     attention_norm_scale: jax.Array
@@ -104,7 +106,7 @@ def causal_self_attention(
     """Multi-head attention, position i attending to the valid positions j <= i.
 
     a_h = masked softmax_j(Q_h K_h^T / sqrt(D / h)); out = concat_h(a_h V_h), Q = queries W_q
-    + b_q, K = keys W_k + b_k, V = keys W_v + b_v; no output projection, no residual.
+    + b_q, K = keys W_k, V = keys W_v + b_v; no output projection, no residual.
 
     Args:
         queries: [B, n, D] (LayerNorm'd in SASRec).
@@ -121,11 +123,11 @@ def causal_self_attention(
     b, n, d = queries.shape
     head_dim = d // num_heads
 
-    def heads(y, kernel, bias):  # [B, n, D] -> [B, n, h, D / h]
+    def heads(y, kernel, bias=0.0):  # [B, n, D] -> [B, n, h, D / h]
         return (y @ kernel + bias).reshape(b, n, num_heads, head_dim)
 
     q = heads(queries, weights.q_kernel, weights.q_bias)
-    k = heads(keys, weights.k_kernel, weights.k_bias)
+    k = heads(keys, weights.k_kernel)
     v = heads(keys, weights.v_kernel, weights.v_bias)
     logits = jnp.einsum("bihc,bjhc->bhij", q, k) / math.sqrt(head_dim)
     causal = jnp.tril(jnp.ones((n, n), dtype=bool))  # [i, j]: j <= i

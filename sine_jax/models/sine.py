@@ -10,7 +10,9 @@ with the presets and their resolution). Three presets:
 
 * "default": the paper's equations with the deviations that passed the decision rule
   (at least +0.5 points of mean validation HR@10 over 3 seeds on both the ML-1M subset
-  and ML-100K; docs/results-4epochs.md): eq 3's cosine assignment (+0.80 and +1.20 points).
+  and ML-100K; `sine_options.ADOPTED`): eq 3's cosine assignment, the cosine scale of the
+  LayerNorm products of eqs 3 and 7, two causal self-attention blocks over the history
+  before eq 1 and dropout 0.2.
 * "paper": the equations as printed.
 * "official": the choices of the authors' TensorFlow code (`Qiaoyut/SINE`, `model.py`,
   `Model_SINE`), one switch each; see `SineOptions` for what each switch does and how the
@@ -43,7 +45,6 @@ from sine_jax.sine_options import SINE_NAMES, SineOptions, resolve_switches
 from sine_jax.models.layers import (
     Constant,
     dropout,
-    dropout_rate,
     embed_history,
     init_item_table,
     masked_softmax,
@@ -54,8 +55,6 @@ Norm = Callable[[jax.Array], jax.Array]
 
 # Temperature of the "cosine" intention assignment (the reference code's fixed 0.07).
 COSINE_TEMPERATURE = 0.07
-# model.dropout when None: the paper names no dropout (nor does the reference code use any).
-DEFAULT_DROPOUT = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,11 +543,9 @@ class SINE(nnx.Module):
         options: SineOptions,
         rngs: nnx.Rngs,
         item_categories: np.ndarray | None = None,
-        dropout: float = 0.0,
     ):
         d = embed_dim
         self.options = options
-        self.dropout = dropout
         self.num_interests = num_interests
         self.num_prototypes = num_prototypes
         if options.prototype_pool == "categories":  # [R], -1 past M and where unknown
@@ -606,9 +603,9 @@ class SINE(nnx.Module):
         inputs = self.input_embedding if opts.input_table == "separate" else self.item_embedding
         table = inputs[...]  # the X_t rows
         if self.encoder is None:
-            x, project = embed_history(table, history, self.dropout, dropout_rng)  # [B, n, D]
+            x, project = embed_history(table, history, opts.dropout, dropout_rng)  # [B, n, D]
         else:
-            x = self.encoder(table, history, self.dropout, dropout_rng)  # [B, n, D]
+            x = self.encoder(table, history, opts.dropout, dropout_rng)  # [B, n, D]
             project = lambda w: jnp.tensordot(x, w, axes=1)  # noqa: E731
         pos = self.position_embedding[...]  # [n, D]
         concept_pos = pos if opts.positional_in_concept_attention else None
@@ -743,5 +740,4 @@ def build_model(
         options=options,
         rngs=rngs,
         item_categories=item_categories,
-        dropout=dropout_rate(model_config, DEFAULT_DROPOUT),
     )
