@@ -2,7 +2,7 @@
 lambda=0.5, 5 x B sampled negatives, with the model's default preset: the paper's equations
 plus what passed the decision rule (eq 3's cosine assignment; the cosine logit scale, 2
 causal self-attention blocks before eq 1 and dropout 0.2): test HR@10 21.35 on ML-100K (3
-seeds), 29.88 on the ML-1M subset (seed 0), trained to early stopping (docs/results.md);
+seeds), 30.03 on the ML-1M subset (seeds 0 and 1), trained to early stopping (docs/results.md);
 `--config.model.preset=paper` trains the equations as printed.
 `tuned`: the paper preset plus what docs/results-4epochs.md found to narrow the gap to the
 single-vector baselines when history items are ranked (the public ports' protocol): a
