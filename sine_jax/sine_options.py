@@ -21,6 +21,14 @@ _CHOICES = {
 _BOOLS = ("interest_layernorm", "positional_in_concept_attention", "output_projection")
 
 
+def check_dropout_rate(rate) -> float:
+    """`rate` as a float if it is a number in [0, 1), else ConfigError naming model.dropout
+    (every model's dropout field)."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ConfigError(f"model.dropout={rate!r} must be a number in [0, 1)")
+    return float(rate)
+
+
 @dataclasses.dataclass(frozen=True)
 class SineOptions:
     """Model switches (hashable: usable as a static jit argument). Defaults = "paper" (the
@@ -108,9 +116,7 @@ class SineOptions:
                 raise ConfigError(f"model.{field}={value!r} must be True or False")
         if self.prototype_pool not in ("learned", "categories"):
             raise ConfigError(f"prototype_pool={self.prototype_pool!r}: learned | categories")
-        rate = self.dropout
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-            raise ConfigError(f"model.dropout={rate!r} must be a number in [0, 1)")
+        check_dropout_rate(self.dropout)
         tau = self.temperature
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
             raise ConfigError(f"model.temperature={tau!r} must be a number > 0")

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sine_jax.errors import ConfigError
+from sine_jax.sine_options import check_dropout_rate
 
 
 class Constant(nnx.Variable):
@@ -35,10 +36,7 @@ def dropout_rate(model_config, default: float) -> float:
         ConfigError: a rate outside [0, 1).
     """
     rate = model_config.get("dropout")
-    rate = default if rate is None else rate
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
-        raise ConfigError(f"model.dropout={rate!r} must be a number in [0, 1)")
-    return float(rate)
+    return check_dropout_rate(default if rate is None else rate)
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
